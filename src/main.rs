@@ -1,0 +1,71 @@
+//! `kubelet-resource-wrapper` binary: parses the command line, sets up logging and maps every
+//! outcome to a documented exit code (DESIGN §8).
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+use kubelet_resource_wrapper::cli::{Cli, Command, LogFormat, OutputFormat, PlanArgs};
+use kubelet_resource_wrapper::exit::{ExitStatus, Failure};
+use kubelet_resource_wrapper::setup::{self, LeaseMode};
+use kubelet_resource_wrapper::{logging, marathon, report, runner};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let status = match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => ExitStatus::Ok,
+                _ => ExitStatus::Usage,
+            };
+            // clap's own rendering: the error line plus a hint; help/version go to stdout.
+            let _ = e.print();
+            return ExitCode::from(status.code());
+        }
+    };
+    logging::init(cli.log_format, &cli.log_level);
+    let log_format = cli.log_format;
+    let result = match cli.command {
+        Command::Plan(args) => plan(&args),
+        Command::Run(args) => runner::run(args),
+        Command::Standby(args) => runner::standby(args),
+        Command::Marathon(args) => runner::block_on(marathon::run(args)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            // Exactly one line: a JSON event for machines, or a plain line for people.
+            match log_format {
+                LogFormat::Json => {
+                    tracing::error!(exit_code = failure.status.code(), "{}", failure.message)
+                }
+                LogFormat::Text => {
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "kubelet-resource-wrapper: {}",
+                        failure.message
+                    );
+                }
+            }
+            ExitCode::from(failure.status.code())
+        }
+    }
+}
+
+fn plan(args: &PlanArgs) -> Result<(), Failure> {
+    let setup = setup::prepare(&args.node, LeaseMode::FromSources)?;
+    let port = setup.kubelet_healthz_port;
+    let argv = setup.argv(port);
+    let text = match args.output {
+        OutputFormat::Json => format!("{:#}\n", report::plan_json(&setup, &argv)),
+        OutputFormat::Text => report::plan_text(&setup, &argv),
+    };
+    std::io::stdout()
+        .write_all(text.as_bytes())
+        .map_err(|e| Failure::new(ExitStatus::Software, format!("cannot write to stdout: {e}")))?;
+    if setup::check_kubelet_binary(&setup.kubelet).is_err() {
+        tracing::warn!(kubelet = %setup.kubelet.display(), "kubelet binary not found here; `run` would exit 69");
+    }
+    Ok(())
+}
