@@ -1,0 +1,518 @@
+//! API mode: a minimal HTTP/1.1 client speaking the Kubernetes core/v1 REST API the way
+//! kubelet does (node registration, node status heartbeat, pods bound to the node,
+//! pod status, and the final DELETE of graceful deletion).
+
+use crate::pods::{ApiSink, PodSpec, Source, pod_from_value};
+use crate::quantity::format_cpu_millis;
+use crate::util::{self, log};
+use serde_json::{Value, json};
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::Path;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    host: String,
+    prefix: String,
+    token: Option<String>,
+}
+
+fn yaml_scalar(text: &str, key: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        let t = l.trim().trim_start_matches("- ").trim();
+        let rest = t.strip_prefix(key)?.trim_start().strip_prefix(':')?.trim();
+        Some(rest.trim_matches(|c| c == '"' || c == '\'').to_string())
+    })
+}
+
+impl Client {
+    /// Read a kubeconfig (JSON, or simple YAML) and pick the current context's cluster/user.
+    pub fn from_kubeconfig(path: &Path) -> Result<Client, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("invalid kubeconfig: failed to read {}: {e}", path.display()))?;
+        let (server, token) = match serde_json::from_str::<Value>(&text) {
+            Ok(v) => {
+                let ctx_name = v
+                    .get("current-context")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                let ctx = v
+                    .get("contexts")
+                    .and_then(Value::as_array)
+                    .and_then(|a| {
+                        a.iter()
+                            .find(|c| c.get("name").and_then(Value::as_str) == Some(ctx_name))
+                            .or_else(|| a.first())
+                    })
+                    .and_then(|c| c.get("context"));
+                let pick = |list: &str, want: Option<&str>| -> Option<Value> {
+                    let a = v.get(list)?.as_array()?;
+                    want.and_then(|w| {
+                        a.iter()
+                            .find(|x| x.get("name").and_then(Value::as_str) == Some(w))
+                    })
+                    .or_else(|| a.first())
+                    .cloned()
+                };
+                let cluster = pick(
+                    "clusters",
+                    ctx.and_then(|c| c.get("cluster")).and_then(Value::as_str),
+                );
+                let user = pick(
+                    "users",
+                    ctx.and_then(|c| c.get("user")).and_then(Value::as_str),
+                );
+                let server = cluster
+                    .as_ref()
+                    .and_then(|c| c.pointer("/cluster/server"))
+                    .and_then(Value::as_str)
+                    .map(String::from);
+                let token = user
+                    .as_ref()
+                    .and_then(|u| u.pointer("/user/token"))
+                    .and_then(Value::as_str)
+                    .map(String::from);
+                (server, token)
+            }
+            Err(_) => (yaml_scalar(&text, "server"), yaml_scalar(&text, "token")),
+        };
+        let server = server.ok_or("invalid kubeconfig: no clusters[].cluster.server")?;
+        let rest = server.strip_prefix("http://").ok_or_else(|| {
+            format!("fake-kubelet supports only http:// API servers, got {server:?}")
+        })?;
+        let (host, prefix) = match rest.find('/') {
+            Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+            None => (rest, ""),
+        };
+        let host = if host.contains(':') {
+            host.to_string()
+        } else {
+            format!("{host}:80")
+        };
+        Ok(Client {
+            host,
+            prefix: prefix.to_string(),
+            token: token.filter(|t| !t.is_empty()),
+        })
+    }
+
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        ctype: Option<&str>,
+        body: Option<&[u8]>,
+    ) -> std::io::Result<(u16, Vec<u8>)> {
+        let addr = self
+            .host
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| std::io::Error::other("cannot resolve API server"))?;
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.set_write_timeout(Some(Duration::from_secs(5)))?;
+        let mut req = format!(
+            "{method} {}{path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: kubelet/v1.31.0 (linux/amd64) fake-kubelet\r\nAccept: application/json\r\nConnection: close\r\n",
+            self.prefix, self.host
+        );
+        if let Some(t) = &self.token {
+            req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        if let Some(ct) = ctype {
+            req.push_str(&format!("Content-Type: {ct}\r\n"));
+        }
+        let body = body.unwrap_or(&[]);
+        if !body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH") {
+            req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        req.push_str("\r\n");
+        let mut out = req.into_bytes();
+        out.extend_from_slice(body);
+        s.write_all(&out)?;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 8192];
+        let mut header_end = None;
+        let mut content_length: Option<usize> = None;
+        let mut chunked = false;
+        loop {
+            if let Some(he) = header_end {
+                if let Some(cl) = content_length {
+                    if buf.len() >= he + cl {
+                        break;
+                    }
+                } else if chunked && buf[he..].windows(5).any(|w| w == b"0\r\n\r\n") {
+                    break;
+                }
+            }
+            let n = match s.read(&mut chunk) {
+                Ok(n) => n,
+                Err(e) if header_end.is_some() && content_length.is_none() && !chunked => {
+                    let _ = e;
+                    0
+                }
+                Err(e) => return Err(e),
+            };
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if header_end.is_none()
+                && let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n")
+            {
+                header_end = Some(i + 4);
+                let head = String::from_utf8_lossy(&buf[..i]).to_string();
+                for l in head.lines().skip(1) {
+                    if let Some((k, v)) = l.split_once(':') {
+                        let k = k.trim().to_ascii_lowercase();
+                        if k == "content-length" {
+                            content_length = v.trim().parse().ok();
+                        } else if k == "transfer-encoding"
+                            && v.to_ascii_lowercase().contains("chunked")
+                        {
+                            chunked = true;
+                        }
+                    }
+                }
+            }
+        }
+        let he = header_end.ok_or_else(|| std::io::Error::other("malformed HTTP response"))?;
+        let status_line = String::from_utf8_lossy(&buf[..he])
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string();
+        let code: u16 = status_line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| std::io::Error::other("malformed HTTP status line"))?;
+        let mut body = buf[he..].to_vec();
+        if let Some(cl) = content_length {
+            body.truncate(cl);
+        } else if chunked {
+            body = dechunk(&body);
+        }
+        Ok((code, body))
+    }
+
+    fn json_req(
+        &self,
+        method: &str,
+        path: &str,
+        ctype: &str,
+        v: &Value,
+    ) -> Result<(u16, Value), String> {
+        let body = v.to_string();
+        let (code, b) = self
+            .request(method, path, Some(ctype), Some(body.as_bytes()))
+            .map_err(|e| e.to_string())?;
+        Ok((code, serde_json::from_slice(&b).unwrap_or(Value::Null)))
+    }
+
+    /// GET /api/v1/pods?fieldSelector=spec.nodeName=NODE
+    pub fn list_pods(&self, node: &str) -> Result<Vec<PodSpec>, String> {
+        let path = format!(
+            "/api/v1/pods?fieldSelector=spec.nodeName%3D{}",
+            urlencode(node)
+        );
+        let (code, b) = self
+            .request("GET", &path, None, None)
+            .map_err(|e| e.to_string())?;
+        if code != 200 {
+            return Err(format!(
+                "list pods: HTTP {code}: {}",
+                String::from_utf8_lossy(&b)
+            ));
+        }
+        let v: Value = serde_json::from_slice(&b).map_err(|e| format!("list pods: {e}"))?;
+        let mut out = Vec::new();
+        for item in v
+            .get("items")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if item.pointer("/spec/nodeName").and_then(Value::as_str) != Some(node) {
+                continue;
+            }
+            match pod_from_value(item, Source::Api, "", "") {
+                Ok(p) => out.push(p),
+                Err(e) => log('E', &format!("\"Invalid pod from API\" err=\"{e}\"")),
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl ApiSink for Client {
+    fn patch_pod_status(&mut self, ns: &str, name: &str, patch: &Value) -> bool {
+        let path = format!("/api/v1/namespaces/{ns}/pods/{name}/status");
+        match self.json_req("PATCH", &path, "application/merge-patch+json", patch) {
+            Ok((c, _)) if (200..300).contains(&c) => true,
+            Ok((404, _)) => true,
+            Ok((c, b)) => {
+                log(
+                    'E',
+                    &format!(
+                        "\"Failed to update pod status\" pod=\"{ns}/{name}\" code={c} body={b}"
+                    ),
+                );
+                false
+            }
+            Err(e) => {
+                log(
+                    'E',
+                    &format!("\"Failed to update pod status\" pod=\"{ns}/{name}\" err=\"{e}\""),
+                );
+                false
+            }
+        }
+    }
+
+    fn delete_pod(&mut self, ns: &str, name: &str, uid: &str) -> bool {
+        let path = format!("/api/v1/namespaces/{ns}/pods/{name}");
+        let body = json!({
+            "kind": "DeleteOptions",
+            "apiVersion": "v1",
+            "gracePeriodSeconds": 0,
+            "preconditions": {"uid": uid},
+        });
+        match self.json_req("DELETE", &path, "application/json", &body) {
+            Ok((c, _)) if (200..300).contains(&c) || c == 404 || c == 409 => {
+                log(
+                    'I',
+                    &format!("\"Pod deleted from API\" pod=\"{ns}/{name}\" code={c}"),
+                );
+                true
+            }
+            Ok((c, b)) => {
+                log(
+                    'E',
+                    &format!("\"Failed to delete pod\" pod=\"{ns}/{name}\" code={c} body={b}"),
+                );
+                false
+            }
+            Err(e) => {
+                log(
+                    'E',
+                    &format!("\"Failed to delete pod\" pod=\"{ns}/{name}\" err=\"{e}\""),
+                );
+                false
+            }
+        }
+    }
+}
+
+fn dechunk(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let Some(nl) = b[i..].windows(2).position(|w| w == b"\r\n") else {
+            break;
+        };
+        let line = String::from_utf8_lossy(&b[i..i + nl]).to_string();
+        let size =
+            usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16).unwrap_or(0);
+        i += nl + 2;
+        if size == 0 || i + size > b.len() {
+            break;
+        }
+        out.extend_from_slice(&b[i..i + size]);
+        i += size + 2;
+    }
+    out
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+                (c as char).to_string()
+            } else {
+                format!("%{c:02X}")
+            }
+        })
+        .collect()
+}
+
+pub struct NodeInfo {
+    pub name: String,
+    pub cpu_capacity_m: i64,
+    pub mem_capacity: i64,
+    pub hugepages: Vec<(i64, i64)>,
+    pub cpu_alloc_m: i64,
+    pub mem_alloc: i64,
+    pub max_pods: i64,
+}
+
+pub fn hugepage_name(size: i64) -> String {
+    if size % (1 << 30) == 0 {
+        format!("hugepages-{}Gi", size >> 30)
+    } else if size % (1 << 20) == 0 {
+        format!("hugepages-{}Mi", size >> 20)
+    } else {
+        format!("hugepages-{}Ki", size >> 10)
+    }
+}
+
+impl NodeInfo {
+    fn resources(&self) -> (Value, Value) {
+        let mut cap = json!({
+            "cpu": format_cpu_millis(self.cpu_capacity_m),
+            "memory": self.mem_capacity.to_string(),
+            "pods": self.max_pods.to_string(),
+        });
+        let mut alloc = json!({
+            "cpu": format_cpu_millis(self.cpu_alloc_m),
+            "memory": self.mem_alloc.to_string(),
+            "pods": self.max_pods.to_string(),
+        });
+        for (size, bytes) in &self.hugepages {
+            cap[hugepage_name(*size)] = json!(bytes.to_string());
+            alloc[hugepage_name(*size)] = json!(bytes.to_string());
+        }
+        (cap, alloc)
+    }
+
+    fn conditions(&self, since: &str) -> Value {
+        let now = util::now_rfc3339();
+        let c = |t: &str, s: &str, reason: &str, msg: &str| json!({"type": t, "status": s, "lastHeartbeatTime": now, "lastTransitionTime": since, "reason": reason, "message": msg});
+        json!([
+            c(
+                "MemoryPressure",
+                "False",
+                "KubeletHasSufficientMemory",
+                "kubelet has sufficient memory available"
+            ),
+            c(
+                "DiskPressure",
+                "False",
+                "KubeletHasNoDiskPressure",
+                "kubelet has no disk pressure"
+            ),
+            c(
+                "PIDPressure",
+                "False",
+                "KubeletHasSufficientPID",
+                "kubelet has sufficient PID available"
+            ),
+            c(
+                "Ready",
+                "True",
+                "KubeletReady",
+                "kubelet is posting ready status"
+            ),
+        ])
+    }
+
+    fn status(&self, since: &str) -> Value {
+        let (cap, alloc) = self.resources();
+        json!({
+            "capacity": cap,
+            "allocatable": alloc,
+            "conditions": self.conditions(since),
+            "addresses": [
+                {"type": "InternalIP", "address": "127.0.0.1"},
+                {"type": "Hostname", "address": self.name},
+            ],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+            "nodeInfo": {
+                "machineID": "", "systemUUID": "", "bootID": "",
+                "kernelVersion": "", "osImage": "fake-kubelet",
+                "containerRuntimeVersion": "fake://0.1.0",
+                "kubeletVersion": "v1.31.0", "kubeProxyVersion": "",
+                "operatingSystem": "linux", "architecture": std::env::consts::ARCH,
+            },
+        })
+    }
+
+    pub fn node_object(&self, since: &str) -> Value {
+        let arch = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            a => a,
+        };
+        json!({
+            "kind": "Node",
+            "apiVersion": "v1",
+            "metadata": {
+                "name": self.name,
+                "labels": {
+                    "kubernetes.io/hostname": self.name,
+                    "kubernetes.io/os": "linux",
+                    "kubernetes.io/arch": arch,
+                    "beta.kubernetes.io/os": "linux",
+                    "beta.kubernetes.io/arch": arch,
+                },
+                "annotations": {"volumes.kubernetes.io/controller-managed-attach-detach": "true"},
+            },
+            "spec": {},
+            "status": self.status(since),
+        })
+    }
+}
+
+/// Register the node (retrying), then heartbeat its status forever. Runs in its own thread.
+pub fn node_loop(client: Client, info: NodeInfo, every: Duration) {
+    let since = util::now_rfc3339();
+    loop {
+        match client.json_req(
+            "POST",
+            "/api/v1/nodes",
+            "application/json",
+            &info.node_object(&since),
+        ) {
+            Ok((200..=202, _)) => {
+                log(
+                    'I',
+                    &format!("\"Successfully registered node\" node=\"{}\"", info.name),
+                );
+                break;
+            }
+            Ok((409, _)) => {
+                log(
+                    'I',
+                    &format!("\"Node was previously registered\" node=\"{}\"", info.name),
+                );
+                break;
+            }
+            Ok((c, b)) => log(
+                'E',
+                &format!("\"Unable to register node with API server\" code={c} body={b}"),
+            ),
+            Err(e) => log(
+                'E',
+                &format!("\"Unable to register node with API server\" err=\"{e}\""),
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let path = format!("/api/v1/nodes/{}/status", info.name);
+    loop {
+        let patch = json!({"status": info.status(&since)});
+        match client.json_req("PATCH", &path, "application/merge-patch+json", &patch) {
+            Ok((200..=299, _)) => {}
+            Ok((c, b)) => log(
+                'E',
+                &format!("\"Error updating node status, will retry\" code={c} body={b}"),
+            ),
+            Err(e) => log(
+                'E',
+                &format!("\"Error updating node status, will retry\" err=\"{e}\""),
+            ),
+        }
+        std::thread::sleep(every);
+    }
+}
+
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "localhost".into();
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).trim().to_lowercase()
+}
