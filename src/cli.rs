@@ -145,6 +145,7 @@ pub struct RunArgs {
     #[arg(long, env = "KRW_METRICS_ADDR", value_name = "ADDR:PORT")]
     pub metrics_addr: Option<SocketAddr>,
     /// Kubernetes API credentials for draining on task kill; default: kubelet's own --kubeconfig.
+    /// The node is the one kubelet registers: its --hostname-override if given, else this host's name.
     #[arg(long, env = "KRW_KUBECONFIG", value_name = "PATH")]
     pub kubeconfig: Option<PathBuf>,
     /// Do not use the Kubernetes API on task kill; only run kubelet with zero allocatable for the drain window.
@@ -153,6 +154,12 @@ pub struct RunArgs {
     /// Seconds from SIGTERM until the agent has stopped kubelet and exited; keep it below Marathon's taskKillGracePeriodSeconds.
     #[arg(long, env = "KRW_DRAIN_TIMEOUT", value_name = "SECONDS", default_value = "25", value_parser = parse_seconds)]
     pub drain_timeout: Duration,
+    /// On task kill, leave pods that use emptyDir volumes (kubectl drain without --delete-emptydir-data).
+    #[arg(long, env = "KRW_DRAIN_SKIP_EMPTYDIR")]
+    pub drain_skip_emptydir: bool,
+    /// On task kill, leave pods no controller manages (kubectl drain without --force).
+    #[arg(long, env = "KRW_DRAIN_SKIP_UNMANAGED")]
+    pub drain_skip_unmanaged: bool,
     /// Host-wide lock; a second `run` on the host exits 73. `<PATH>.run` is held by `run` for its lifetime.
     #[arg(
         long,

@@ -8,6 +8,7 @@
 pub mod backoff;
 pub mod capacity;
 pub mod cli;
+pub mod drain;
 pub mod exit;
 pub mod health;
 pub mod http;
@@ -17,6 +18,7 @@ pub mod lock;
 pub mod logging;
 pub mod marathon;
 pub mod metrics;
+pub mod node_watch;
 pub mod probe;
 pub mod quantity;
 pub mod report;

@@ -19,6 +19,7 @@ use crate::health::{HealthState, Phase, SharedHealth, VerdictRules};
 use crate::http::{self, HealthRoutes, Limits, MetricsRoutes};
 use crate::lock::{self, HostLock, LockError, Role};
 use crate::metrics::{Metrics, OutcomeLabel};
+use crate::node_watch;
 use crate::probe::Prober;
 use crate::setup::{self, LeaseMode, NodeSetup};
 use crate::spawner::{Child, ExitInfo, Spawner};
@@ -53,7 +54,27 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
             lock = %kubelet_lock.path().display(),
             "agent started"
         );
-        let stopped = agent.supervise(KubeletMode::Lease, None).await?;
+        let node_task = match taskkill::api_target(&agent) {
+            Ok(target) => {
+                tracing::info!(node = %target.node, kubeconfig = %target.kubeconfig.display(), "Kubernetes API access configured");
+                let lease = agent.setup.reservation.allocatable;
+                Some(tokio::spawn(node_watch::run(
+                    target,
+                    lease,
+                    agent.health.clone(),
+                    agent.metrics.clone(),
+                )))
+            }
+            Err(why) => {
+                tracing::info!(%why, "no Kubernetes API access: task kill will use the zero-allocatable fallback");
+                None
+            }
+        };
+        let stopped = agent.supervise(KubeletMode::Lease, None).await;
+        if let Some(task) = node_task {
+            task.abort();
+        }
+        let stopped = stopped?;
         let result = match stopped {
             Stopped::Terminate { child, at } => {
                 let report = taskkill::terminate(&mut agent, child, at).await;

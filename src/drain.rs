@@ -1,0 +1,735 @@
+//! Draining the node through the Kubernetes API on task kill (DESIGN §6.1), and undoing the
+//! agent's own cordon when the task comes back.
+//!
+//! Everything runs with the kubelet's own credentials by default: the node authorizer lets a
+//! kubelet patch its own Node object (not its taints, which cordoning does not touch) and
+//! NodeRestriction lets it evict pods bound to itself (research/kubelet.md §7).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use futures_util::future::join_all;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::watcher;
+use kube::{Client, Config};
+use serde_json::json;
+use tokio::sync::Notify;
+
+use crate::quantity;
+use crate::reservation::Resources;
+
+/// Annotation the agent puts on a node it cordoned, so that only its own cordon is undone.
+pub const CORDON_ANNOTATION: &str = "kubelet-resource-wrapper/cordoned-at";
+/// Annotation of static (mirror) pods; `kubectl drain` skips them.
+pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
+
+/// Why the API cannot be used; the agent falls back to the zero-allocatable window.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// No connection, a timeout or a server error.
+    #[error("Kubernetes API unreachable: {0}")]
+    Unreachable(String),
+    /// 401/403: the credentials may not do this.
+    #[error("Kubernetes API refused the agent's credentials: {0}")]
+    Forbidden(String),
+    /// The kubeconfig cannot be loaded.
+    #[error("kubeconfig {path}: {problem}")]
+    Kubeconfig {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        problem: String,
+    },
+    /// Anything else the API answered.
+    #[error("Kubernetes API error: {0}")]
+    Other(String),
+}
+
+fn classify(e: &kube::Error) -> ApiError {
+    match e {
+        kube::Error::Api(status) if status.code == 401 || status.code == 403 => {
+            ApiError::Forbidden(status.message.clone())
+        }
+        kube::Error::Api(status) if status.code >= 500 => {
+            ApiError::Unreachable(format!("HTTP {}: {}", status.code, status.message))
+        }
+        kube::Error::Api(status) => {
+            ApiError::Other(format!("HTTP {}: {}", status.code, status.message))
+        }
+        other => ApiError::Unreachable(other.to_string()),
+    }
+}
+
+fn status_code(e: &kube::Error) -> Option<u16> {
+    match e {
+        kube::Error::Api(status) => Some(status.code),
+        _ => None,
+    }
+}
+
+/// Connects with a kubeconfig (client certs, tokens, exec plugins and TLS are kube-rs' job).
+pub async fn connect(kubeconfig: &Path) -> Result<Client, ApiError> {
+    let bad = |problem: String| ApiError::Kubeconfig {
+        path: kubeconfig.display().to_string(),
+        problem,
+    };
+    let file = Kubeconfig::read_from(kubeconfig).map_err(|e| bad(e.to_string()))?;
+    let mut config = Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| bad(e.to_string()))?;
+    config.connect_timeout = Some(Duration::from_secs(2));
+    Client::try_from(config).map_err(|e| bad(e.to_string()))
+}
+
+/// Runs `future` but gives up at `deadline` (an API call must never outlive the drain budget).
+async fn bounded<T>(
+    deadline: Instant,
+    future: impl std::future::Future<Output = Result<T, kube::Error>>,
+) -> Result<T, ApiError> {
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    match tokio::time::timeout(remaining, future).await {
+        Ok(result) => result.map_err(|e| classify(&e)),
+        Err(_) => Err(ApiError::Unreachable(
+            "no answer before the drain deadline".into(),
+        )),
+    }
+}
+
+/// What cordoning found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cordon {
+    /// The agent cordoned the node and marked it.
+    ByAgent,
+    /// The node was already cordoned by the agent (an earlier kill).
+    AlreadyByAgent,
+    /// An operator had cordoned it; the agent leaves the marker off.
+    AlreadyByOperator,
+}
+
+/// Cordons `node` (strategic merge patch of `spec.unschedulable`, like `kubectl cordon`) and
+/// marks it with [`CORDON_ANNOTATION`] unless an operator had cordoned it already.
+pub async fn cordon(client: &Client, node: &str, deadline: Instant) -> Result<Cordon, ApiError> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let current = bounded(deadline, nodes.get(node)).await?;
+    let unschedulable = current
+        .spec
+        .as_ref()
+        .and_then(|s| s.unschedulable)
+        .unwrap_or(false);
+    let marked = current
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(CORDON_ANNOTATION));
+    let outcome = match (unschedulable, marked) {
+        (true, true) => return Ok(Cordon::AlreadyByAgent),
+        (true, false) => return Ok(Cordon::AlreadyByOperator),
+        _ => Cordon::ByAgent,
+    };
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let patch = json!({
+        "metadata": {"annotations": {CORDON_ANNOTATION: now}},
+        "spec": {"unschedulable": true}
+    });
+    bounded(
+        deadline,
+        nodes.patch(node, &PatchParams::default(), &Patch::Strategic(&patch)),
+    )
+    .await?;
+    Ok(outcome)
+}
+
+/// What happened when the task came back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Uncordon {
+    /// The agent's own cordon was removed.
+    Removed,
+    /// An operator's cordon was left in place.
+    OperatorCordonKept,
+    /// The node was schedulable already.
+    NotCordoned,
+}
+
+/// Uncordons `node` only if the agent's annotation says the agent cordoned it.
+pub async fn uncordon_if_ours(client: &Client, node: &Node) -> Result<Uncordon, ApiError> {
+    let name = node.metadata.name.clone().unwrap_or_default();
+    let unschedulable = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.unschedulable)
+        .unwrap_or(false);
+    let marked = node
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(CORDON_ANNOTATION));
+    if !marked {
+        return Ok(if unschedulable {
+            Uncordon::OperatorCordonKept
+        } else {
+            Uncordon::NotCordoned
+        });
+    }
+    let nodes: Api<Node> = Api::all(client.clone());
+    let patch = json!({
+        "metadata": {"annotations": {CORDON_ANNOTATION: null}},
+        "spec": {"unschedulable": false}
+    });
+    nodes
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|e| classify(&e))?;
+    Ok(Uncordon::Removed)
+}
+
+/// Which pods a drain skips, like `kubectl drain --ignore-daemonsets` plus the agent's options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainOptions {
+    /// Leave pods with emptyDir volumes (kubectl without `--delete-emptydir-data`).
+    pub skip_emptydir: bool,
+    /// Leave pods no controller manages (kubectl without `--force`).
+    pub skip_unmanaged: bool,
+}
+
+/// The drain's decision for one pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodAction {
+    /// Evict it.
+    Evict,
+    /// Already terminating: just wait for it.
+    Wait,
+    /// Leave it, for this reason.
+    Skip(&'static str),
+}
+
+/// Decides what to do with a pod, following `kubectl drain`'s filters (research §8).
+pub fn classify_pod(pod: &Pod, opts: DrainOptions) -> PodAction {
+    let meta = &pod.metadata;
+    if meta.deletion_timestamp.is_some() {
+        return PodAction::Wait;
+    }
+    if meta
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(MIRROR_ANNOTATION))
+    {
+        return PodAction::Skip("mirror pod (static, managed by kubelet)");
+    }
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    if matches!(phase, Some("Succeeded") | Some("Failed")) {
+        return PodAction::Evict;
+    }
+    let controller = meta
+        .owner_references
+        .as_ref()
+        .and_then(|refs| refs.iter().find(|r| r.controller == Some(true)));
+    if controller.is_some_and(|c| c.kind == "DaemonSet") {
+        return PodAction::Skip("DaemonSet pod (ignored like --ignore-daemonsets)");
+    }
+    let emptydir = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.volumes.as_ref())
+        .is_some_and(|v| v.iter().any(|v| v.empty_dir.is_some()));
+    if emptydir && opts.skip_emptydir {
+        return PodAction::Skip("pod with emptyDir data (--drain-skip-emptydir)");
+    }
+    if controller.is_none() && opts.skip_unmanaged {
+        return PodAction::Skip("pod without a controller (--drain-skip-unmanaged)");
+    }
+    PodAction::Evict
+}
+
+fn pod_key(pod: &Pod) -> String {
+    format!(
+        "{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or("default"),
+        pod.metadata.name.as_deref().unwrap_or("")
+    )
+}
+
+/// The outcome of a drain.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Whether the agent put the cordon (and its marker) on.
+    pub cordoned_by_agent: bool,
+    /// Pods evicted and gone.
+    pub evicted: Vec<String>,
+    /// Pods a PodDisruptionBudget still protected at the end.
+    pub blocked: Vec<String>,
+    /// Pods still on the node at the end, with why.
+    pub left: Vec<String>,
+    /// Eviction requests refused with 429 along the way.
+    pub pdb_refusals: u64,
+}
+
+/// Shared view of which pods (by uid) are still on the node, kept current by a watch.
+#[derive(Default)]
+struct Presence {
+    uids: Mutex<Option<HashSet<String>>>,
+    changed: Notify,
+}
+
+impl Presence {
+    fn contains(&self, uid: &str) -> Option<bool> {
+        let guard = self.uids.lock().unwrap_or_else(|p| p.into_inner());
+        guard.as_ref().map(|set| set.contains(uid))
+    }
+    fn replace(&self, set: HashSet<String>) {
+        *self.uids.lock().unwrap_or_else(|p| p.into_inner()) = Some(set);
+        self.changed.notify_waiters();
+    }
+    fn edit(&self, f: impl FnOnce(&mut HashSet<String>)) {
+        if let Some(set) = self.uids.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            f(set);
+        }
+        self.changed.notify_waiters();
+    }
+}
+
+/// Keeps `presence` in step with the pods bound to `node` (a watch, re-listing as needed).
+async fn watch_presence(api: Api<Pod>, node: String, presence: Arc<Presence>) {
+    let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
+    let stream = watcher(api, config);
+    tokio::pin!(stream);
+    let mut fresh: HashSet<String> = HashSet::new();
+    while let Some(event) = stream.next().await {
+        let uid = |p: &Pod| p.metadata.uid.clone().unwrap_or_default();
+        match event {
+            Ok(watcher::Event::Init) => fresh.clear(),
+            Ok(watcher::Event::InitApply(p)) => {
+                fresh.insert(uid(&p));
+            }
+            Ok(watcher::Event::InitDone) => presence.replace(std::mem::take(&mut fresh)),
+            Ok(watcher::Event::Apply(p)) => presence.edit(|s| {
+                s.insert(uid(&p));
+            }),
+            Ok(watcher::Event::Delete(p)) => presence.edit(|s| {
+                s.remove(&uid(&p));
+            }),
+            Err(e) => {
+                tracing::debug!(error = %e, "pod watch interrupted; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// Posts one policy/v1 Eviction (falling back to policy/v1beta1 on 404 of the subresource).
+async fn post_eviction(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    grace_seconds: i64,
+) -> Result<(), kube::Error> {
+    let body = |version: &str| {
+        json!({
+            "apiVersion": version,
+            "kind": "Eviction",
+            "metadata": {"name": name, "namespace": namespace},
+            "deleteOptions": {"gracePeriodSeconds": grace_seconds}
+        })
+    };
+    let url = format!("/api/v1/namespaces/{namespace}/pods/{name}/eviction");
+    let build = |version: &str| -> Result<http::Request<Vec<u8>>, kube::Error> {
+        let data = serde_json::to_vec(&body(version)).map_err(kube::Error::SerdeError)?;
+        http::Request::post(&url)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(data)
+            .map_err(kube::Error::HttpError)
+    };
+    match client
+        .request::<serde_json::Value>(build("policy/v1")?)
+        .await
+    {
+        Err(e) if status_code(&e) == Some(404) && is_subresource_missing(&e) => client
+            .request::<serde_json::Value>(build("policy/v1beta1")?)
+            .await
+            .map(|_| ()),
+        other => other.map(|_| ()),
+    }
+}
+
+fn is_subresource_missing(e: &kube::Error) -> bool {
+    // A missing *pod* is a 404 with details.kind "pods"; a server without policy/v1 eviction
+    // answers 404 without naming the pod.
+    match e {
+        kube::Error::Api(status) => status.details.as_ref().is_none_or(|d| d.name.is_empty()),
+        _ => false,
+    }
+}
+
+enum Evicted {
+    Accepted,
+    Gone,
+    BlockedUntilDeadline,
+    Failed(String),
+}
+
+/// Evicts one pod, retrying PDB refusals (429) with a short backoff that is cut short whenever
+/// a pod leaves the node (which is when a budget frees up).
+async fn evict_one(
+    client: &Client,
+    pod: &Pod,
+    deadline: Instant,
+    presence: &Presence,
+    refusals: &Mutex<u64>,
+) -> Evicted {
+    let namespace = pod
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let mut backoff = Duration::from_millis(100);
+    let mut failures = 0;
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Evicted::BlockedUntilDeadline;
+        }
+        // Pods may not outlive the window: cap their grace period to what is left of it.
+        let pod_grace = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.termination_grace_period_seconds)
+            .unwrap_or(30);
+        let grace = pod_grace.min((remaining.as_secs() as i64 - 1).max(0));
+        let attempt =
+            tokio::time::timeout(remaining, post_eviction(client, &namespace, &name, grace)).await;
+        match attempt {
+            Err(_) => return Evicted::BlockedUntilDeadline,
+            Ok(Ok(())) => return Evicted::Accepted,
+            Ok(Err(e)) => match status_code(&e) {
+                Some(404) => return Evicted::Gone,
+                Some(429) => {
+                    *refusals.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+                    tracing::debug!(pod = %format!("{namespace}/{name}"), "eviction refused by a PodDisruptionBudget; retrying");
+                    let changed = presence.changed.notified();
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = changed => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                _ => {
+                    failures += 1;
+                    if failures >= 5 {
+                        return Evicted::Failed(e.to_string());
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            },
+        }
+    }
+}
+
+/// Cordons the node and evicts its pods in parallel; returns when every evictable pod is gone
+/// or at `deadline`. An unreachable or forbidden API fails fast so the caller can fall back.
+pub async fn drain(
+    client: &Client,
+    node: &str,
+    opts: DrainOptions,
+    deadline: Instant,
+) -> Result<DrainReport, ApiError> {
+    let cordoned = cordon(client, node, deadline).await?;
+    tracing::info!(node, cordon = ?cordoned, "node cordoned");
+    let pods_api: Api<Pod> = Api::all(client.clone());
+    let list = bounded(
+        deadline,
+        pods_api.list(&ListParams::default().fields(&format!("spec.nodeName={node}"))),
+    )
+    .await?;
+    let presence = Arc::new(Presence::default());
+    presence.replace(
+        list.items
+            .iter()
+            .filter_map(|p| p.metadata.uid.clone())
+            .collect(),
+    );
+    let watch = tokio::spawn(watch_presence(
+        pods_api.clone(),
+        node.to_string(),
+        presence.clone(),
+    ));
+
+    let mut report = DrainReport {
+        cordoned_by_agent: cordoned != Cordon::AlreadyByOperator,
+        ..DrainReport::default()
+    };
+    let mut skipped: BTreeMap<String, (String, &'static str)> = BTreeMap::new();
+    let mut targets: Vec<&Pod> = Vec::new();
+    for pod in &list.items {
+        match classify_pod(pod, opts) {
+            PodAction::Evict | PodAction::Wait => targets.push(pod),
+            PodAction::Skip(why) => {
+                skipped.insert(
+                    pod_key(pod),
+                    (pod.metadata.uid.clone().unwrap_or_default(), why),
+                );
+            }
+        }
+    }
+    let refusals = Mutex::new(0u64);
+    let outcomes = join_all(targets.iter().map(|pod| {
+        let (presence, refusals) = (&presence, &refusals);
+        async move {
+            let result = if pod.metadata.deletion_timestamp.is_some() {
+                Evicted::Accepted
+            } else {
+                evict_one(client, pod, deadline, presence, refusals).await
+            };
+            // Wait until the pod object is gone (kubelet terminated it and deleted it).
+            let uid = pod.metadata.uid.clone().unwrap_or_default();
+            if matches!(result, Evicted::Accepted) {
+                loop {
+                    let changed = presence.changed.notified();
+                    if presence.contains(&uid) == Some(false) || Instant::now() >= deadline {
+                        break;
+                    }
+                    tokio::select! {
+                        _ = changed => {}
+                        _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {}
+                        // Backstop for a broken watch.
+                        _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    }
+                }
+            }
+            (pod_key(pod), uid, result)
+        }
+    }))
+    .await;
+    watch.abort();
+    report.pdb_refusals = *refusals.lock().unwrap_or_else(|p| p.into_inner());
+    // Final truth from the API when it answers; else from the watch.
+    let still: Option<HashSet<String>> = match bounded(
+        deadline + Duration::from_secs(1),
+        pods_api.list(&ListParams::default().fields(&format!("spec.nodeName={node}"))),
+    )
+    .await
+    {
+        Ok(l) => Some(
+            l.items
+                .iter()
+                .filter_map(|p| p.metadata.uid.clone())
+                .collect(),
+        ),
+        Err(_) => None,
+    };
+    let present = |uid: &str| match &still {
+        Some(set) => set.contains(uid),
+        None => presence.contains(uid).unwrap_or(true),
+    };
+    for (key, uid, result) in outcomes {
+        match result {
+            Evicted::Gone => report.evicted.push(key),
+            _ if !present(&uid) => report.evicted.push(key),
+            Evicted::BlockedUntilDeadline => {
+                report.blocked.push(key.clone());
+                report.left.push(format!("{key} (PodDisruptionBudget)"));
+            }
+            Evicted::Accepted => report.left.push(format!("{key} (still terminating)")),
+            Evicted::Failed(why) => report.left.push(format!("{key} (eviction failed: {why})")),
+        }
+    }
+    for (key, (uid, why)) in skipped {
+        if present(&uid) {
+            report.left.push(format!("{key} ({why})"));
+        }
+    }
+    Ok(report)
+}
+
+/// What the API says about the node, for health and the lease check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeView {
+    /// `Ok` when Ready=True with a recent heartbeat, else why not.
+    pub ready: Result<(), String>,
+    /// The node's reported allocatable CPU/memory, if present.
+    pub allocatable: Option<Resources>,
+    /// The Ready condition's last heartbeat, if any.
+    pub heartbeat: Option<k8s_openapi::jiff::Timestamp>,
+}
+
+/// Reads the Ready condition and allocatable from a Node object.
+pub fn node_view(
+    node: &Node,
+    now: k8s_openapi::jiff::Timestamp,
+    stale_after: Duration,
+) -> NodeView {
+    let status = node.status.as_ref();
+    let ready = status
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"));
+    let ready = match ready {
+        None => Err("no Ready condition yet".to_string()),
+        Some(c) if c.status != "True" => Err(format!(
+            "Ready={} ({})",
+            c.status,
+            c.reason.as_deref().unwrap_or("no reason")
+        )),
+        Some(c) => match &c.last_heartbeat_time {
+            Some(t) => {
+                let age = now.duration_since(t.0);
+                let age = Duration::try_from(age).unwrap_or(Duration::ZERO);
+                if age > stale_after {
+                    Err(format!("last heartbeat {}s ago", age.as_secs()))
+                } else {
+                    Ok(())
+                }
+            }
+            None => Ok(()),
+        },
+    };
+    let allocatable = status.and_then(|s| s.allocatable.as_ref()).and_then(|a| {
+        let cpu = quantity::parse_cpu_millicores(&a.get("cpu")?.0).ok()?;
+        let memory = quantity::parse_bytes(&a.get("memory")?.0).ok()?;
+        Some(Resources {
+            cpu_millicores: cpu,
+            memory_bytes: memory,
+        })
+    });
+    let heartbeat = status
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+        .and_then(|c| c.last_heartbeat_time.as_ref())
+        .map(|t| t.0);
+    NodeView {
+        ready,
+        allocatable,
+        heartbeat,
+    }
+}
+
+/// Reads the node (bounded by `timeout`).
+pub async fn get_node(client: &Client, name: &str, timeout: Duration) -> Result<Node, ApiError> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    bounded(Instant::now() + timeout, nodes.get(name)).await
+}
+
+/// Groups pod keys by namespace (for compact logs).
+pub fn by_namespace(keys: &[String]) -> HashMap<String, usize> {
+    let mut map = HashMap::new();
+    for key in keys {
+        let ns = key.split('/').next().unwrap_or("").to_string();
+        *map.entry(ns).or_insert(0) += 1;
+    }
+    map
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(v: serde_json::Value) -> Pod {
+        serde_json::from_value(v).expect("pod json")
+    }
+
+    #[test]
+    fn pods_are_classified_like_kubectl_drain() {
+        let opts = DrainOptions {
+            skip_emptydir: false,
+            skip_unmanaged: false,
+        };
+        let rs = json!([{"apiVersion":"apps/v1","kind":"ReplicaSet","name":"r","uid":"1","controller":true}]);
+        let ds = json!([{"apiVersion":"apps/v1","kind":"DaemonSet","name":"d","uid":"2","controller":true}]);
+        let cases = [
+            (
+                json!({"metadata":{"name":"a","ownerReferences":rs}}),
+                PodAction::Evict,
+            ),
+            (
+                json!({"metadata":{"name":"b","ownerReferences":ds}}),
+                PodAction::Skip("DaemonSet pod (ignored like --ignore-daemonsets)"),
+            ),
+            (
+                json!({"metadata":{"name":"c","annotations":{MIRROR_ANNOTATION:"x"}}}),
+                PodAction::Skip("mirror pod (static, managed by kubelet)"),
+            ),
+            (
+                json!({"metadata":{"name":"d","deletionTimestamp":"2026-01-01T00:00:00Z"}}),
+                PodAction::Wait,
+            ),
+            (
+                json!({"metadata":{"name":"e"},"status":{"phase":"Succeeded"}}),
+                PodAction::Evict,
+            ),
+            (json!({"metadata":{"name":"f"}}), PodAction::Evict),
+            (
+                json!({"metadata":{"name":"g","ownerReferences":rs},"spec":{"containers":[],"volumes":[{"name":"v","emptyDir":{}}]}}),
+                PodAction::Evict,
+            ),
+        ];
+        for (p, want) in cases {
+            assert_eq!(classify_pod(&pod(p.clone()), opts), want, "{p}");
+        }
+        let strict = DrainOptions {
+            skip_emptydir: true,
+            skip_unmanaged: true,
+        };
+        assert!(matches!(
+            classify_pod(&pod(json!({"metadata":{"name":"f"}})), strict),
+            PodAction::Skip(_)
+        ));
+        assert!(matches!(
+            classify_pod(
+                &pod(
+                    json!({"metadata":{"name":"g","ownerReferences":rs},"spec":{"containers":[],"volumes":[{"name":"v","emptyDir":{}}]}})
+                ),
+                strict
+            ),
+            PodAction::Skip(_)
+        ));
+        // A finished pod goes even when strict, like kubectl.
+        assert_eq!(
+            classify_pod(
+                &pod(json!({"metadata":{"name":"e"},"status":{"phase":"Failed"}})),
+                strict
+            ),
+            PodAction::Evict
+        );
+    }
+
+    #[test]
+    fn node_view_reads_ready_heartbeat_and_allocatable() {
+        let now: k8s_openapi::jiff::Timestamp = "2026-01-01T00:01:00Z".parse().expect("ts");
+        let node: Node = serde_json::from_value(json!({
+            "metadata": {"name": "n"},
+            "status": {
+                "allocatable": {"cpu": "1500m", "memory": "4294967296"},
+                "conditions": [{"type": "Ready", "status": "True", "lastHeartbeatTime": "2026-01-01T00:00:50Z"}]
+            }
+        }))
+        .expect("node");
+        let view = node_view(&node, now, Duration::from_secs(60));
+        assert_eq!(view.ready, Ok(()));
+        assert_eq!(
+            view.allocatable,
+            Some(Resources {
+                cpu_millicores: 1500,
+                memory_bytes: 4 << 30
+            })
+        );
+        let late: k8s_openapi::jiff::Timestamp = "2026-01-01T00:05:00Z".parse().expect("ts");
+        assert!(
+            node_view(&node, late, Duration::from_secs(60))
+                .ready
+                .is_err()
+        );
+        let not_ready: Node = serde_json::from_value(json!({
+            "metadata": {"name": "n"},
+            "status": {"conditions": [{"type": "Ready", "status": "False", "reason": "KubeletNotReady"}]}
+        }))
+        .expect("node");
+        assert_eq!(
+            node_view(&not_ready, now, Duration::from_secs(60)).ready,
+            Err("Ready=False (KubeletNotReady)".into())
+        );
+    }
+}
