@@ -1,0 +1,386 @@
+//! `run` end to end: the shipped Marathon app launched by the Mesos task emulator, with the fake
+//! kubelet standing in for kubelet (DESIGN §4–§6.2; issue: integration tests through the emulator).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+const MIB: u64 = 1 << 20;
+
+fn kubelet_pid(scratch: &Scratch) -> Option<i32> {
+    scratch
+        .kubelet_status()
+        .and_then(|s| s["pid"].as_i64())
+        .map(|p| p as i32)
+        .filter(|p| alive(*p))
+}
+
+fn assert_no_kubelet_left(scratch: &Scratch) {
+    let root = scratch.path("kubelet").display().to_string();
+    let stray = pids_matching(&format!("--root-dir={root}"));
+    for pid in &stray {
+        kill_pid(*pid, libc::SIGKILL);
+    }
+    assert!(stray.is_empty(), "kubelet processes left behind: {stray:?}");
+}
+
+#[test]
+fn starts_healthy_with_allocatable_equal_to_lease_and_kill_leaves_no_pod_running() {
+    let scratch = Scratch::new(4, 8);
+    scratch.pod("web", "500m", "256Mi");
+    scratch.pod("batch", "250m", "512Mi");
+    let port = free_port();
+    let app = test_app(
+        &scratch,
+        port,
+        &[("KRW_DRAIN_TIMEOUT", "5"), ("KRW_STOP_TIMEOUT", "1")],
+    );
+    let mut emu = Emulator::launch(
+        &app,
+        &scratch.path("sandbox"),
+        port,
+        &["--kill-grace", "8", "--health-max-failures", "100"],
+    );
+    assert!(
+        emu.wait_health(true, Duration::from_secs(20)),
+        "never healthy; agent log:\n{}",
+        emu.task_stderr()
+    );
+    // The invariant, checked by the kubelet double's own arithmetic: allocatable == lease.
+    let status = scratch.kubelet_status().expect("fake kubelet status");
+    assert_eq!(status["allocatable"]["cpu_millicores"], 2000, "{status}");
+    assert_eq!(
+        status["allocatable"]["memory_bytes"].as_u64(),
+        Some(4096 * MIB),
+        "{status}"
+    );
+    assert!(wait_until(Duration::from_secs(5), || scratch
+        .pod_pids()
+        .len()
+        == 2));
+    let pods = scratch.pod_pids();
+    assert!(pods.iter().all(|p| alive(*p)), "pods not running: {pods:?}");
+
+    emu.kill_task();
+    // During the window the kubelet runs with zero allocatable.
+    assert!(
+        wait_until(Duration::from_secs(4), || scratch
+            .kubelet_status()
+            .is_some_and(|s| s["allocatable"]["cpu_millicores"] == 0
+                && s["allocatable"]["memory_bytes"] == 0
+                && kubelet_pid(&scratch).is_some())),
+        "no zero-allocatable kubelet during the drain window"
+    );
+    let terminal = emu
+        .wait_for(Duration::from_secs(12), |v| v["event"] == "terminal")
+        .expect("terminal event");
+    assert_eq!(terminal["state"], "TASK_KILLED", "{terminal}");
+    assert_eq!(
+        terminal["exit_code"],
+        0,
+        "{terminal}\n{}",
+        emu.task_stderr()
+    );
+    assert!(
+        terminal["seconds_after_kill"].as_f64().unwrap_or(99.0) < 8.0,
+        "{terminal}"
+    );
+    assert!(
+        !emu.seen.iter().any(|v| v["event"] == "escalated"),
+        "agent needed SIGKILL"
+    );
+    assert!(
+        wait_until(Duration::from_secs(3), || pods.iter().all(|p| !alive(*p))),
+        "pod processes survived the task kill: {:?}",
+        pods.iter().filter(|p| alive(**p)).collect::<Vec<_>>()
+    );
+    emu.wait_for(Duration::from_secs(5), |v| v["event"] == "destroyed");
+    assert_no_kubelet_left(&scratch);
+    let log = emu.task_stderr();
+    assert!(log.contains("task kill finished"), "{log}");
+    assert!(log.contains("zero-allocatable"), "{log}");
+}
+
+#[test]
+fn crashed_kubelet_is_restarted_and_health_recovers() {
+    let scratch = Scratch::new(2, 8);
+    let port = free_port();
+    let app = test_app(&scratch, port, &[]);
+    let mut emu = Emulator::launch(
+        &app,
+        &scratch.path("sandbox"),
+        port,
+        &["--health-max-failures", "100"],
+    );
+    assert!(
+        emu.wait_health(true, Duration::from_secs(20)),
+        "{}",
+        emu.task_stderr()
+    );
+    let first = kubelet_pid(&scratch).expect("kubelet pid");
+    kill_pid(first, libc::SIGKILL);
+    assert!(
+        emu.wait_health(false, Duration::from_secs(5)),
+        "no 503 after the crash"
+    );
+    assert!(
+        emu.wait_health(true, Duration::from_secs(20)),
+        "not healthy again: {}",
+        emu.task_stderr()
+    );
+    let second = kubelet_pid(&scratch).expect("restarted kubelet");
+    assert_ne!(first, second);
+    assert!(emu.task_stderr().contains("restarting"));
+    emu.kill_task();
+    emu.wait_for(Duration::from_secs(15), |v| v["event"] == "destroyed")
+        .expect("destroyed");
+    assert_no_kubelet_left(&scratch);
+}
+
+#[test]
+fn crash_loop_exits_75_so_marathon_reschedules() {
+    let scratch = Scratch::new(2, 8);
+    let port = free_port();
+    let app = test_app(
+        &scratch,
+        port,
+        &[
+            ("FAKE_KUBELET_FAULT", "crash-at-start"),
+            ("KRW_MAX_FAILURES", "2"),
+            ("KRW_RESTART_BACKOFF_INITIAL", "0.1"),
+        ],
+    );
+    let mut emu = Emulator::launch(&app, &scratch.path("sandbox"), port, &[]);
+    let terminal = emu
+        .wait_for(Duration::from_secs(10), |v| v["event"] == "terminal")
+        .expect("terminal");
+    assert_eq!(terminal["state"], "TASK_FAILED", "{terminal}");
+    assert_eq!(terminal["exit_code"], 75, "{terminal}");
+    let log = emu.task_stderr();
+    assert!(log.contains("kubelet failed 3 times"), "{log}");
+    assert_no_kubelet_left(&scratch);
+}
+
+#[test]
+fn second_instance_on_the_host_exits_73_naming_the_holder() {
+    let scratch = Scratch::new(2, 8);
+    let fake = double("fake-kubelet").display().to_string();
+    let env = |port: u16| {
+        vec![
+            ("KRW_KUBELET", fake.clone()),
+            ("KRW_HOST_ROOT", scratch.host_root().display().to_string()),
+            ("KRW_LOCK_FILE", scratch.lock_file().display().to_string()),
+            ("KRW_HEALTH_ADDR", format!("127.0.0.1:{port}")),
+            ("KRW_KUBELET_HEALTHZ_PORT", "0".into()),
+            (
+                "FAKE_KUBELET_HOST_ROOT",
+                scratch.host_root().display().to_string(),
+            ),
+            ("MARATHON_APP_RESOURCE_CPUS", "1.0".into()),
+            ("MARATHON_APP_RESOURCE_MEM", "1024.0".into()),
+        ]
+    };
+    let mut args = vec!["run".to_string(), "--".to_string()];
+    args.extend(scratch.kubelet_args());
+    let first = spawn_agent(&args, &env(free_port()));
+    assert!(wait_until(Duration::from_secs(5), || kubelet_pid(&scratch).is_some()));
+    let mut second = spawn_agent(&args, &env(free_port()));
+    let code = second
+        .wait_exit(Duration::from_secs(5))
+        .expect("second exits");
+    assert_eq!(code, Some(73));
+    let err = second.stderr_text();
+    assert!(
+        err.contains(&format!("held by pid {} (run)", first.pid())),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    drop(first);
+    assert!(wait_until(Duration::from_secs(3), || kubelet_pid(&scratch).is_none()));
+}
+
+#[test]
+fn sigkilled_agent_takes_kubelet_with_it() {
+    let scratch = Scratch::new(2, 8);
+    let mut args = vec!["run".to_string(), "--".to_string()];
+    args.extend(scratch.kubelet_args());
+    let env = vec![
+        ("KRW_KUBELET", double("fake-kubelet").display().to_string()),
+        ("KRW_HOST_ROOT", scratch.host_root().display().to_string()),
+        ("KRW_LOCK_FILE", scratch.lock_file().display().to_string()),
+        ("KRW_HEALTH_ADDR", format!("127.0.0.1:{}", free_port())),
+        ("KRW_KUBELET_HEALTHZ_PORT", "0".into()),
+        ("KRW_CPUS", "1".into()),
+        ("KRW_MEM", "512".into()),
+        (
+            "FAKE_KUBELET_HOST_ROOT",
+            scratch.host_root().display().to_string(),
+        ),
+    ];
+    let agent = spawn_agent(&args, &env);
+    assert!(wait_until(Duration::from_secs(5), || kubelet_pid(&scratch).is_some()));
+    let kubelet = kubelet_pid(&scratch).expect("kubelet");
+    agent.signal(libc::SIGKILL);
+    assert!(
+        wait_until(Duration::from_secs(2), || !alive(kubelet)),
+        "kubelet {kubelet} outlived its SIGKILLed agent"
+    );
+    // The kernel released the lock: a new agent can start at once.
+    drop(agent);
+    let again = spawn_agent(&args, &env);
+    assert!(wait_until(Duration::from_secs(5), || kubelet_pid(&scratch)
+        .is_some_and(|p| p != kubelet)));
+    drop(again);
+    assert_no_kubelet_left(&scratch);
+}
+
+#[test]
+fn health_follows_kubelet_health_and_answers_fast_while_kubelet_hangs() {
+    let scratch = Scratch::new(2, 8);
+    let flag = scratch.path("unhealthy");
+    let port = free_port();
+    let metrics_port = free_port();
+    let fault = format!("unhealthy-while={}", flag.display());
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let app = test_app(
+        &scratch,
+        port,
+        &[
+            ("FAKE_KUBELET_FAULT", fault.as_str()),
+            ("KRW_METRICS_ADDR", metrics_addr.as_str()),
+        ],
+    );
+    let mut emu = Emulator::launch(
+        &app,
+        &scratch.path("sandbox"),
+        port,
+        &["--health-max-failures", "100"],
+    );
+    assert!(
+        emu.wait_health(true, Duration::from_secs(20)),
+        "{}",
+        emu.task_stderr()
+    );
+    assert_eq!(http("GET", port, "/healthz"), Some((200, "ok\n".into())));
+    assert_eq!(http("HEAD", port, "/healthz").map(|r| r.0), Some(200));
+    assert_eq!(http("GET", port, "/metrics").map(|r| r.0), Some(404));
+    assert_eq!(http("POST", port, "/healthz").map(|r| r.0), Some(405));
+    assert_eq!(http("GET", port, "/healthz/../etc").map(|r| r.0), Some(404));
+
+    std::fs::write(&flag, "").expect("flag");
+    assert!(emu.wait_health(false, Duration::from_secs(5)));
+    let (code, body) = http("GET", port, "/healthz").expect("answer");
+    assert_eq!(code, 503);
+    assert!(body.contains("HTTP 500"), "{body}");
+    std::fs::remove_file(&flag).expect("unflag");
+    assert!(emu.wait_health(true, Duration::from_secs(5)));
+
+    let (code, metrics) = http("GET", metrics_port, "/metrics").expect("metrics");
+    assert_eq!(code, 200);
+    for line in [
+        "krw_lease_cpu_millicores 2000",
+        "krw_allocatable_memory_bytes 4294967296",
+        "krw_kubelet_up 1",
+        "krw_health_checks_total{result=\"fail\"}",
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
+    emu.kill_task();
+    emu.wait_for(Duration::from_secs(15), |v| v["event"] == "destroyed")
+        .expect("destroyed");
+}
+
+#[test]
+fn hanging_kubelet_is_reported_without_waiting_on_it() {
+    let scratch = Scratch::new(2, 8);
+    let port = free_port();
+    let mut args = vec!["run".to_string(), "--".to_string()];
+    args.extend(scratch.kubelet_args());
+    let env = vec![
+        ("KRW_KUBELET", double("fake-kubelet").display().to_string()),
+        ("KRW_HOST_ROOT", scratch.host_root().display().to_string()),
+        ("KRW_LOCK_FILE", scratch.lock_file().display().to_string()),
+        ("KRW_HEALTH_ADDR", format!("127.0.0.1:{port}")),
+        ("KRW_KUBELET_HEALTHZ_PORT", "0".into()),
+        ("KRW_HEALTH_PROBE_INTERVAL", "0.2".into()),
+        ("KRW_HEALTH_PROBE_TIMEOUT", "0.5".into()),
+        ("KRW_CPUS", "1".into()),
+        ("KRW_MEM", "512".into()),
+        (
+            "FAKE_KUBELET_HOST_ROOT",
+            scratch.host_root().display().to_string(),
+        ),
+        ("FAKE_KUBELET_FAULT", "hang".into()),
+    ];
+    let _agent = spawn_agent(&args, &env);
+    assert!(wait_until(Duration::from_secs(5), || kubelet_pid(&scratch).is_some()));
+    std::thread::sleep(Duration::from_secs(4));
+    for _ in 0..20 {
+        let started = Instant::now();
+        let (code, body) = http("GET", port, "/healthz").expect("answer");
+        let took = started.elapsed();
+        assert_eq!(code, 503, "{body}");
+        assert!(body.contains("no answer within"), "{body}");
+        assert!(took < Duration::from_millis(200), "took {took:?}");
+    }
+}
+
+#[test]
+fn sigterm_escalates_to_sigkill_for_a_kubelet_that_ignores_it() {
+    let scratch = Scratch::new(2, 8);
+    let port = free_port();
+    let app = test_app(
+        &scratch,
+        port,
+        &[
+            ("FAKE_KUBELET_FAULT", "ignore-sigterm"),
+            ("KRW_DRAIN_TIMEOUT", "4"),
+            ("KRW_STOP_TIMEOUT", "1"),
+        ],
+    );
+    let mut emu = Emulator::launch(
+        &app,
+        &scratch.path("sandbox"),
+        port,
+        &["--kill-grace", "7", "--health-max-failures", "100"],
+    );
+    assert!(
+        emu.wait_health(true, Duration::from_secs(20)),
+        "{}",
+        emu.task_stderr()
+    );
+    emu.kill_task();
+    let terminal = emu
+        .wait_for(Duration::from_secs(12), |v| v["event"] == "terminal")
+        .expect("terminal");
+    assert_eq!(
+        terminal["exit_code"],
+        0,
+        "{terminal}\n{}",
+        emu.task_stderr()
+    );
+    assert!(!emu.seen.iter().any(|v| v["event"] == "escalated"));
+    assert!(emu.task_stderr().contains("sending SIGKILL"));
+    assert_no_kubelet_left(&scratch);
+}
+
+#[test]
+fn lease_larger_than_the_host_fails_78_and_starts_nothing() {
+    let scratch = Scratch::new(2, 8);
+    let port = free_port();
+    let mut app = test_app(&scratch, port, &[]);
+    app["cpus"] = Value::from(64);
+    let mut emu = Emulator::launch(&app, &scratch.path("sandbox"), port, &[]);
+    let terminal = emu
+        .wait_for(Duration::from_secs(10), |v| v["event"] == "terminal")
+        .expect("terminal");
+    assert_eq!(terminal["state"], "TASK_FAILED");
+    assert_eq!(terminal["exit_code"], 78);
+    assert!(scratch.kubelet_status().is_none(), "a kubelet was started");
+    assert!(!scratch.lock_file().exists(), "the lock was taken");
+    let log = emu.task_stderr();
+    assert!(log.contains("at most 2.000 cores"), "{log}");
+}
