@@ -355,8 +355,16 @@ fn parse_legacy(path: &str, text: &str) -> Result<Lease, LeaseError> {
     let cpus = field(cpu_part, "cpu")?;
     let mem = field(mem_part, "memory")?;
     Ok(Lease {
-        cpu_millicores: parse_amount(&format!("{path} cpu"), &cpus, LeaseField::Cpus)?,
-        memory_bytes: parse_amount(&format!("{path} memory"), &mem, LeaseField::MemMib)?,
+        cpu_millicores: parse_amount(
+            &format!("legacy lease file {path}: cpu"),
+            &cpus,
+            LeaseField::Cpus,
+        )?,
+        memory_bytes: parse_amount(
+            &format!("legacy lease file {path}: memory"),
+            &mem,
+            LeaseField::MemMib,
+        )?,
         source: LeaseSource::LegacyFile,
     })
 }

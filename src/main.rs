@@ -19,8 +19,21 @@ fn main() -> ExitCode {
                 ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => ExitStatus::Ok,
                 _ => ExitStatus::Usage,
             };
-            // clap's own rendering: the error line plus a hint; help/version go to stdout.
-            let _ = e.print();
+            if status == ExitStatus::Ok {
+                let _ = e.print();
+            } else if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "kubelet-resource-wrapper: a subcommand is required: plan, run, standby or marathon (see --help)"
+                );
+            } else {
+                // One line: clap's message and the accepted values, without the usage block.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "kubelet-resource-wrapper: {}",
+                    one_line(&e.to_string())
+                );
+            }
             return ExitCode::from(status.code());
         }
     };
@@ -68,4 +81,18 @@ fn plan(args: &PlanArgs) -> Result<(), Failure> {
         tracing::warn!(kubelet = %setup.kubelet.display(), "kubelet binary not found here; `run` would exit 69");
     }
     Ok(())
+}
+
+/// Folds clap's multi-line error into one line: the message and any "possible values" or tip,
+/// dropping the usage block.
+fn one_line(rendered: &str) -> String {
+    rendered
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:"))
+        .filter(|l| !l.is_empty() && !l.starts_with("For more information"))
+        .map(|l| l.strip_prefix("error: ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join(" ")
+        + " (see --help)"
 }
