@@ -1,0 +1,622 @@
+//! Authentication (static token file), authorization (system:masters, Node authorizer,
+//! RBAC) and the NodeRestriction admission checks.
+
+use crate::resources::{CLUSTERROLEBINDINGS, CLUSTERROLES, ROLEBINDINGS, ROLES, ResourceDef};
+use crate::store::State;
+use crate::util::{ApiError, details, meta_str};
+use serde_json::Value;
+use std::collections::HashMap;
+
+#[derive(Debug, Clone)]
+pub struct User {
+    pub name: String,
+    #[allow(dead_code)] // parsed like kube-apiserver; not used for decisions
+    pub uid: String,
+    pub groups: Vec<String>,
+}
+
+impl User {
+    pub fn admin() -> Self {
+        User {
+            name: "system:admin".into(),
+            uid: String::new(),
+            groups: vec!["system:masters".into(), "system:authenticated".into()],
+        }
+    }
+    pub fn is_master(&self) -> bool {
+        self.groups.iter().any(|g| g == "system:masters")
+    }
+    /// `Some(node)` for a node identity (`system:node:<name>` in group `system:nodes`).
+    pub fn node_name(&self) -> Option<&str> {
+        let n = self.name.strip_prefix("system:node:")?;
+        (self.groups.iter().any(|g| g == "system:nodes") && !n.is_empty()).then_some(n)
+    }
+}
+
+/// Parse one CSV record with double-quoted fields.
+fn csv_fields(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                cur.push('"');
+                chars.next();
+            }
+            '"' => quoted = !quoted,
+            ',' if !quoted => out.push(std::mem::take(&mut cur)),
+            _ => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out
+}
+
+/// kube-apiserver `--token-auth-file`: `token,user,uid,"group1,group2"`.
+pub fn parse_token_file(text: &str) -> Result<HashMap<String, User>, String> {
+    let mut m = HashMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let f = csv_fields(line);
+        if f.len() < 3 {
+            return Err(format!(
+                "token file line {}: need at least 3 columns (token,user,uid)",
+                i + 1
+            ));
+        }
+        let mut groups: Vec<String> = f
+            .get(3)
+            .map(|g| {
+                g.split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        groups.push("system:authenticated".into());
+        m.insert(
+            f[0].trim().to_string(),
+            User {
+                name: f[1].trim().to_string(),
+                uid: f[2].trim().to_string(),
+                groups,
+            },
+        );
+    }
+    Ok(m)
+}
+
+/// The authorizer's view of a request.
+#[derive(Debug, Clone)]
+pub struct Attrs {
+    pub verb: String,
+    pub resource_request: bool,
+    pub path: String,
+    pub group: String,
+    pub resource: String,
+    pub subresource: String,
+    pub namespace: String,
+    pub name: String,
+    pub qualified: String,
+}
+
+impl Attrs {
+    pub fn non_resource(verb: &str, path: &str) -> Self {
+        Attrs {
+            verb: verb.into(),
+            resource_request: false,
+            path: path.into(),
+            group: String::new(),
+            resource: String::new(),
+            subresource: String::new(),
+            namespace: String::new(),
+            name: String::new(),
+            qualified: String::new(),
+        }
+    }
+    pub fn resource(verb: &str, def: &ResourceDef, ns: &str, name: &str, sub: &str) -> Self {
+        Attrs {
+            verb: verb.into(),
+            resource_request: true,
+            path: String::new(),
+            group: def.group.into(),
+            resource: def.plural.into(),
+            subresource: sub.into(),
+            namespace: ns.into(),
+            name: name.into(),
+            qualified: def.qualified(),
+        }
+    }
+    fn full_resource(&self) -> String {
+        if self.subresource.is_empty() {
+            self.resource.clone()
+        } else {
+            format!("{}/{}", self.resource, self.subresource)
+        }
+    }
+}
+
+/// Paths every authenticated user may read (system:discovery, system:public-info-viewer).
+fn discovery_path(path: &str) -> bool {
+    matches!(
+        path,
+        "/api" | "/apis" | "/version" | "/healthz" | "/livez" | "/readyz" | "/openapi/v2"
+    ) || path.starts_with("/api/")
+        || path.starts_with("/apis/")
+        || path.starts_with("/openapi/")
+        || path.starts_with("/healthz/")
+        || path.starts_with("/livez/")
+        || path.starts_with("/readyz/")
+}
+
+pub fn forbidden(user: &User, a: &Attrs, why: &str) -> ApiError {
+    let mut msg = if a.resource_request {
+        let scope = if a.namespace.is_empty() {
+            "at the cluster scope".to_string()
+        } else {
+            format!("in the namespace \"{}\"", a.namespace)
+        };
+        let subject = if a.name.is_empty() {
+            format!("{} is forbidden", a.qualified)
+        } else {
+            format!("{} \"{}\" is forbidden", a.qualified, a.name)
+        };
+        format!(
+            "{subject}: User \"{}\" cannot {} resource \"{}\" in API group \"{}\" {scope}",
+            user.name,
+            a.verb,
+            a.full_resource(),
+            a.group
+        )
+    } else {
+        format!(
+            "forbidden: User \"{}\" cannot {} path \"{}\"",
+            user.name, a.verb, a.path
+        )
+    };
+    if !why.is_empty() {
+        msg.push_str(": ");
+        msg.push_str(why);
+    }
+    ApiError::new(403, "Forbidden", msg).with_details(details(&a.name, &a.group, &a.resource))
+}
+
+/// Forbidden error produced by admission (`<resource> "<name>" is forbidden: <reason>`).
+pub fn admission_forbidden(def: &ResourceDef, name: &str, reason: &str) -> ApiError {
+    let subject = if name.is_empty() {
+        format!("{} is forbidden", def.qualified())
+    } else {
+        format!("{} \"{}\" is forbidden", def.qualified(), name)
+    };
+    ApiError::new(403, "Forbidden", format!("{subject}: {reason}"))
+        .with_details(details(name, def.group, def.plural))
+}
+
+pub fn authorize(st: &State, user: &User, a: &Attrs) -> Result<(), ApiError> {
+    if user.is_master() {
+        return Ok(());
+    }
+    if !a.resource_request && a.verb == "get" && discovery_path(&a.path) {
+        return Ok(());
+    }
+    if let Some(node) = user.node_name()
+        && node_authorizer(node, a)
+    {
+        return Ok(());
+    }
+    if rbac_allows(st, user, a) {
+        return Ok(());
+    }
+    Err(forbidden(user, a, ""))
+}
+
+/// Node authorizer + the bootstrap NodeRules it is paired with. Object-level limits
+/// (own node, own pods) are NodeRestriction admission, checked by the handlers.
+fn node_authorizer(node: &str, a: &Attrs) -> bool {
+    if !a.resource_request {
+        return false;
+    }
+    let v = a.verb.as_str();
+    let read = matches!(v, "get" | "list" | "watch");
+    match (
+        a.group.as_str(),
+        a.resource.as_str(),
+        a.subresource.as_str(),
+    ) {
+        ("", "nodes", "") => read || matches!(v, "create" | "update" | "patch"),
+        ("", "nodes", "status") => matches!(v, "update" | "patch"),
+        ("", "pods", "") => read || matches!(v, "create" | "delete"),
+        ("", "pods", "status") => matches!(v, "update" | "patch"),
+        ("", "pods", "eviction") => v == "create",
+        ("", "events", "") | ("events.k8s.io", "events", "") => {
+            matches!(v, "create" | "update" | "patch")
+        }
+        ("", "services", "") => read,
+        ("", "configmaps" | "secrets", "") => read,
+        ("coordination.k8s.io", "leases", "") => {
+            a.namespace == "kube-node-lease"
+                && (a.name == node || (a.name.is_empty() && v == "create"))
+                && matches!(v, "get" | "create" | "update" | "patch" | "delete")
+        }
+        _ => false,
+    }
+}
+
+fn subject_matches(binding: &Value, user: &User) -> bool {
+    let Some(subjects) = binding.get("subjects").and_then(Value::as_array) else {
+        return false;
+    };
+    subjects.iter().any(|s| {
+        let kind = s.get("kind").and_then(Value::as_str).unwrap_or("");
+        let name = s.get("name").and_then(Value::as_str).unwrap_or("");
+        match kind {
+            "User" => name == user.name,
+            "Group" => user.groups.iter().any(|g| g == name),
+            "ServiceAccount" => {
+                let ns = s.get("namespace").and_then(Value::as_str).unwrap_or("");
+                user.name == format!("system:serviceaccount:{ns}:{name}")
+            }
+            _ => false,
+        }
+    })
+}
+
+fn strs(v: &Value, k: &str) -> Vec<String> {
+    v.get(k)
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn rule_allows(rule: &Value, a: &Attrs) -> bool {
+    let verbs = strs(rule, "verbs");
+    if !verbs.iter().any(|v| v == "*" || *v == a.verb) {
+        return false;
+    }
+    if !a.resource_request {
+        return strs(rule, "nonResourceURLs").iter().any(|u| {
+            u == "*" || *u == a.path || u.strip_suffix('*').is_some_and(|p| a.path.starts_with(p))
+        });
+    }
+    let groups = strs(rule, "apiGroups");
+    if !groups.iter().any(|g| g == "*" || *g == a.group) {
+        return false;
+    }
+    let full = a.full_resource();
+    let resources = strs(rule, "resources");
+    if !resources.iter().any(|r| {
+        r == "*"
+            || *r == full
+            || (!a.subresource.is_empty() && *r == format!("*/{}", a.subresource))
+    }) {
+        return false;
+    }
+    let names = strs(rule, "resourceNames");
+    names.is_empty() || (!a.name.is_empty() && names.contains(&a.name))
+}
+
+fn role_allows(role: Option<&Value>, a: &Attrs) -> bool {
+    role.and_then(|r| r.get("rules"))
+        .and_then(Value::as_array)
+        .is_some_and(|rules| rules.iter().any(|r| rule_allows(r, a)))
+}
+
+fn rbac_allows(st: &State, user: &User, a: &Attrs) -> bool {
+    for crb in st.list(CLUSTERROLEBINDINGS, None) {
+        if subject_matches(crb, user)
+            && crb.pointer("/roleRef/kind").and_then(Value::as_str) == Some("ClusterRole")
+        {
+            let name = crb
+                .pointer("/roleRef/name")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            if role_allows(st.get(CLUSTERROLES, "", name), a) {
+                return true;
+            }
+        }
+    }
+    if a.resource_request && !a.namespace.is_empty() {
+        for rb in st.list(ROLEBINDINGS, Some(&a.namespace)) {
+            if !subject_matches(rb, user) {
+                continue;
+            }
+            let name = rb
+                .pointer("/roleRef/name")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let role = match rb.pointer("/roleRef/kind").and_then(Value::as_str) {
+                Some("ClusterRole") => st.get(CLUSTERROLES, "", name),
+                Some("Role") => st.get(ROLES, &a.namespace, name),
+                _ => None,
+            };
+            if role_allows(role, a) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+// ---------------------------------------------------------------- NodeRestriction
+
+fn labels(obj: &Value) -> serde_json::Map<String, Value> {
+    obj.pointer("/metadata/labels")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Labels a kubelet may set on its Node (kubelet.kubernetes.io/ and node.kubernetes.io/
+/// prefixes, the well-known topology labels, and anything outside the k8s.io namespaces).
+fn node_label_allowed(key: &str) -> bool {
+    const ALLOWED: &[&str] = &[
+        "kubernetes.io/hostname",
+        "kubernetes.io/arch",
+        "kubernetes.io/os",
+        "beta.kubernetes.io/arch",
+        "beta.kubernetes.io/os",
+        "beta.kubernetes.io/instance-type",
+        "failure-domain.beta.kubernetes.io/zone",
+        "failure-domain.beta.kubernetes.io/region",
+        "topology.kubernetes.io/zone",
+        "topology.kubernetes.io/region",
+        "node.kubernetes.io/instance-type",
+    ];
+    let Some((prefix, _)) = key.split_once('/') else {
+        return true;
+    };
+    if prefix == "node-restriction.kubernetes.io"
+        || prefix.ends_with(".node-restriction.kubernetes.io")
+    {
+        return false;
+    }
+    if ALLOWED.contains(&key)
+        || prefix == "kubelet.kubernetes.io"
+        || prefix.ends_with(".kubelet.kubernetes.io")
+        || prefix == "node.kubernetes.io"
+        || prefix.ends_with(".node.kubernetes.io")
+    {
+        return true;
+    }
+    let k8s = |d: &str| prefix == d || prefix.ends_with(&format!(".{d}"));
+    !(k8s("kubernetes.io") || k8s("k8s.io"))
+}
+
+/// NodeRestriction for create/update/patch of nodes and nodes/status.
+pub fn admit_node_write(
+    def: &ResourceDef,
+    node: &str,
+    old: Option<&Value>,
+    new: &Value,
+) -> Result<(), ApiError> {
+    let target = meta_str(new, "name");
+    if target != node {
+        return Err(admission_forbidden(
+            def,
+            target,
+            &format!("node {node:?} is not allowed to modify node {target:?}"),
+        ));
+    }
+    match old {
+        None => {
+            let bad: Vec<String> = labels(new)
+                .keys()
+                .filter(|k| !node_label_allowed(k))
+                .cloned()
+                .collect();
+            if !bad.is_empty() {
+                return Err(admission_forbidden(
+                    def,
+                    target,
+                    &format!(
+                        "node {node:?} is not allowed to set the following labels: {}",
+                        bad.join(", ")
+                    ),
+                ));
+            }
+        }
+        Some(old) => {
+            if old.pointer("/spec/taints") != new.pointer("/spec/taints") {
+                return Err(admission_forbidden(
+                    def,
+                    target,
+                    &format!("node {node:?} is not allowed to modify taints"),
+                ));
+            }
+            let (ol, nl) = (labels(old), labels(new));
+            let mut bad: Vec<String> = ol
+                .keys()
+                .chain(nl.keys())
+                .filter(|k| ol.get(*k) != nl.get(*k) && !node_label_allowed(k))
+                .cloned()
+                .collect();
+            bad.sort();
+            bad.dedup();
+            if !bad.is_empty() {
+                return Err(admission_forbidden(
+                    def,
+                    target,
+                    &format!("is not allowed to modify labels: {}", bad.join(", ")),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn pod_node(pod: &Value) -> &str {
+    pod.pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+/// NodeRestriction for mirror pod creation.
+pub fn admit_pod_create(
+    st: &State,
+    def: &ResourceDef,
+    node: &str,
+    pod: &Value,
+) -> Result<(), ApiError> {
+    let name = meta_str(pod, "name");
+    let deny = |m: String| Err(admission_forbidden(def, name, &m));
+    if pod
+        .pointer("/metadata/annotations/kubernetes.io~1config.mirror")
+        .is_none()
+    {
+        return deny(format!(
+            "pod does not have \"kubernetes.io/config.mirror\" annotation, node {node:?} can only create mirror pods"
+        ));
+    }
+    if pod_node(pod) != node {
+        return deny(format!(
+            "node {node:?} can only create pods with spec.nodeName set to itself"
+        ));
+    }
+    let owners = pod
+        .pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if owners.len() > 1 {
+        return deny(format!(
+            "node {node:?} can only create pods with a single owner reference set to itself"
+        ));
+    }
+    if let Some(o) = owners.first() {
+        let s = |k: &str| o.get(k).and_then(Value::as_str).unwrap_or("");
+        if s("apiVersion") != "v1" || s("kind") != "Node" || s("name") != node {
+            return deny(format!(
+                "node {node:?} can only create pods with an owner reference set to itself"
+            ));
+        }
+        if o.get("controller").and_then(Value::as_bool) != Some(true) {
+            return deny(format!(
+                "node {node:?} can only create pods with a controller owner reference set to itself"
+            ));
+        }
+        if o.get("blockOwnerDeletion").and_then(Value::as_bool) == Some(true) {
+            return deny(format!(
+                "node {node:?} must not set blockOwnerDeletion on an owner reference"
+            ));
+        }
+        let node_uid = st
+            .get(crate::resources::NODES, "", node)
+            .map(|n| meta_str(n, "uid").to_string());
+        if node_uid.as_deref() != Some(s("uid")) {
+            return deny(format!("node {node} UID mismatch"));
+        }
+    }
+    if pod
+        .pointer("/spec/serviceAccountName")
+        .and_then(Value::as_str)
+        .is_some_and(|s| !s.is_empty())
+    {
+        return deny(format!(
+            "node {node:?} can not create pods that reference a service account"
+        ));
+    }
+    for v in pod
+        .pointer("/spec/volumes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        for (field, what) in [
+            ("secret", "secrets"),
+            ("configMap", "configmaps"),
+            ("persistentVolumeClaim", "persistentvolumeclaims"),
+        ] {
+            if v.get(field).is_some() {
+                return deny(format!(
+                    "node {node:?} can not create pods that reference {what}"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn admit_pod_delete(def: &ResourceDef, node: &str, pod: &Value) -> Result<(), ApiError> {
+    if pod_node(pod) != node {
+        return Err(admission_forbidden(
+            def,
+            meta_str(pod, "name"),
+            &format!("node {node:?} can only delete pods with spec.nodeName set to itself"),
+        ));
+    }
+    Ok(())
+}
+
+pub fn admit_pod_status(
+    def: &ResourceDef,
+    node: &str,
+    old: &Value,
+    new: &Value,
+) -> Result<(), ApiError> {
+    let name = meta_str(old, "name");
+    if pod_node(old) != node {
+        return Err(admission_forbidden(
+            def,
+            name,
+            &format!(
+                "node {node:?} can only update pod status for pods with spec.nodeName set to itself"
+            ),
+        ));
+    }
+    if labels(old) != labels(new) {
+        return Err(admission_forbidden(
+            def,
+            name,
+            &format!("node {node:?} cannot update labels through pod status"),
+        ));
+    }
+    Ok(())
+}
+
+pub fn admit_pod_eviction(def: &ResourceDef, node: &str, pod: &Value) -> Result<(), ApiError> {
+    if pod_node(pod) != node {
+        return Err(admission_forbidden(
+            def,
+            meta_str(pod, "name"),
+            &format!("node {node} can only evict pods with spec.nodeName set to itself"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_file() {
+        let m = parse_token_file(
+            "# c\nt1,admin,u1,\"system:masters,other\"\nt2,system:node:n1,u2,system:nodes\nt3,bob,u3\n",
+        )
+        .unwrap();
+        assert!(m["t1"].is_master());
+        assert_eq!(m["t1"].groups.len(), 3);
+        assert_eq!(m["t2"].node_name(), Some("n1"));
+        assert_eq!(m["t3"].node_name(), None);
+        assert!(parse_token_file("x,y").is_err());
+    }
+
+    #[test]
+    fn node_labels() {
+        assert!(node_label_allowed("kubernetes.io/hostname"));
+        assert!(node_label_allowed("example.com/x"));
+        assert!(node_label_allowed("plain"));
+        assert!(node_label_allowed("kubelet.kubernetes.io/x"));
+        assert!(!node_label_allowed("node-restriction.kubernetes.io/x"));
+        assert!(!node_label_allowed("node-role.kubernetes.io/master"));
+    }
+}

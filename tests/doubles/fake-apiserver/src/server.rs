@@ -1,0 +1,1419 @@
+//! HTTP routing and the REST verbs.
+
+use crate::auth::{self, Attrs, User};
+use crate::patch;
+use crate::resources::{self, NAMESPACES, NODES, PDBS, PODS, ResourceDef};
+use crate::selectors::{FieldSelector, LabelSelector};
+use crate::store::{self, Event, EventType, State, is_terminating, pod_is_ready};
+use crate::table;
+use crate::util::{
+    ApiError, details, meta_str, metadata_mut, now_rfc3339, parse_query, random_suffix, rfc3339,
+    unix_now,
+};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Method, Request, Response, StatusCode, header};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, mpsc};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Body = BoxBody<Bytes, BoxError>;
+
+pub struct Config {
+    pub tokens: Option<HashMap<String, User>>,
+    pub latency: Duration,
+    pub fault_file: Option<PathBuf>,
+    pub fail_mode: Option<String>,
+    pub server_version: String,
+    pub log_requests: bool,
+}
+
+pub struct App {
+    pub state: Mutex<State>,
+    pub cfg: Config,
+    pub addr: Mutex<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    Down,
+    Forbidden,
+    Unavailable,
+}
+
+impl App {
+    pub fn new(cfg: Config) -> Self {
+        let mut st = State::new();
+        for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+            let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+            create(
+                &mut st,
+                resources::storage_def(NAMESPACES),
+                "",
+                &User::admin(),
+                obj,
+                false,
+            )
+            .expect("default namespace");
+        }
+        App {
+            state: Mutex::new(st),
+            cfg,
+            addr: Mutex::new(String::new()),
+        }
+    }
+
+    pub fn fault(&self) -> Option<Fault> {
+        let mode = match &self.cfg.fault_file {
+            Some(p) => std::fs::read_to_string(p).ok(),
+            None => None,
+        }
+        .or_else(|| self.cfg.fail_mode.clone())?;
+        match mode.trim().to_ascii_lowercase().as_str() {
+            "down" => Some(Fault::Down),
+            "forbidden" => Some(Fault::Forbidden),
+            "unavailable" | "503" => Some(Fault::Unavailable),
+            _ => None,
+        }
+    }
+
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into())
+        .map_err(|n: Infallible| match n {})
+        .boxed()
+}
+
+fn json_response(code: u16, v: &Value) -> Response<Body> {
+    let mut body = serde_json::to_vec(v).unwrap_or_default();
+    body.push(b'\n');
+    Response::builder()
+        .status(StatusCode::from_u16(code).unwrap_or(StatusCode::OK))
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("Cache-Control", "no-cache, private")
+        .body(full(body))
+        .expect("response")
+}
+
+fn err_response(e: &ApiError) -> Response<Body> {
+    json_response(e.code, &e.status())
+}
+
+/// Body streaming watch lines from a channel; an `Err` item aborts the connection.
+struct ChannelBody(mpsc::Receiver<Result<Bytes, BoxError>>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.0.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data)))
+    }
+}
+
+enum Reply {
+    Json(u16, Value),
+    Text(&'static str),
+    Watch(Box<WatchSetup>),
+}
+
+pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, BoxError> {
+    match app.fault() {
+        Some(Fault::Down) => return Err("fault injected: down".into()),
+        Some(Fault::Forbidden) => {
+            return Ok(err_response(&ApiError::new(
+                403,
+                "Forbidden",
+                "forbidden: fault injected by fake-apiserver",
+            )));
+        }
+        Some(Fault::Unavailable) => {
+            return Ok(err_response(&ApiError::new(
+                503,
+                "ServiceUnavailable",
+                "the server is currently unable to handle the request",
+            )));
+        }
+        None => {}
+    }
+    if !app.cfg.latency.is_zero() {
+        tokio::time::sleep(app.cfg.latency).await;
+    }
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await?.to_bytes();
+    let started = Instant::now();
+    let (user, result) = process(&app, &parts, &body);
+    let resp = match result {
+        Ok(Reply::Json(code, v)) => json_response(code, &v),
+        Ok(Reply::Text(t)) => Response::builder()
+            .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+            .body(full(t))
+            .expect("response"),
+        Ok(Reply::Watch(w)) => start_watch(app.clone(), *w),
+        Err(e) => err_response(&e),
+    };
+    if app.cfg.log_requests {
+        eprintln!(
+            "{} {} user={} -> {} ({:?})",
+            parts.method,
+            parts.uri,
+            user.as_deref().unwrap_or("-"),
+            resp.status().as_u16(),
+            started.elapsed()
+        );
+    }
+    Ok(resp)
+}
+
+fn authenticate(app: &App, headers: &hyper::HeaderMap) -> Result<User, ApiError> {
+    let Some(tokens) = &app.cfg.tokens else {
+        return Ok(User::admin());
+    };
+    let h = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let token = match h.split_once(' ') {
+        Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") => t.trim(),
+        _ => return Err(ApiError::unauthorized()),
+    };
+    tokens
+        .get(token)
+        .cloned()
+        .ok_or_else(ApiError::unauthorized)
+}
+
+fn q<'a>(query: &'a [(String, String)], k: &str) -> Option<&'a str> {
+    query
+        .iter()
+        .find(|(kk, _)| kk == k)
+        .map(|(_, v)| v.as_str())
+}
+
+fn process(
+    app: &App,
+    parts: &hyper::http::request::Parts,
+    body: &Bytes,
+) -> (Option<String>, Result<Reply, ApiError>) {
+    let user = match authenticate(app, &parts.headers) {
+        Ok(u) => u,
+        Err(e) => return (None, Err(e)),
+    };
+    let name = user.name.clone();
+    (Some(name), route(app, &user, parts, body))
+}
+
+fn route(
+    app: &App,
+    user: &User,
+    parts: &hyper::http::request::Parts,
+    body: &Bytes,
+) -> Result<Reply, ApiError> {
+    let path = parts.uri.path();
+    let query = parse_query(parts.uri.query());
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let (group, version, rest): (&str, &str, &[&str]) = match segs.as_slice() {
+        ["api", "v1", rest @ ..] if !rest.is_empty() => ("", "v1", rest),
+        ["apis", g, v, rest @ ..] if !rest.is_empty() => (g, v, rest),
+        _ => {
+            let verb = parts.method.as_str().to_ascii_lowercase();
+            let st = app.lock();
+            auth::authorize(&st, user, &Attrs::non_resource(&verb, path))?;
+            drop(st);
+            return non_resource(app, &parts.method, path);
+        }
+    };
+    let (watch_prefix, rest) = match rest {
+        ["watch", r @ ..] => (true, r),
+        r => (false, r),
+    };
+    let namespaced_path = rest.len() >= 3
+        && rest[0] == "namespaces"
+        && resources::find(group, version, rest[2]).is_some_and(|d| d.namespaced);
+    let (ns, plural, name, sub) = if namespaced_path {
+        if rest.len() > 5 {
+            return Err(ApiError::not_found_path());
+        }
+        (rest[1], rest[2], rest.get(3).copied(), rest.get(4).copied())
+    } else {
+        if rest.len() > 3 {
+            return Err(ApiError::not_found_path());
+        }
+        ("", rest[0], rest.get(1).copied(), rest.get(2).copied())
+    };
+    let def = resources::find(group, version, plural).ok_or_else(ApiError::not_found_path)?;
+    let name = name.unwrap_or("");
+    let sub = sub.unwrap_or("");
+    if (!def.namespaced && namespaced_path)
+        || (def.namespaced && !name.is_empty() && ns.is_empty())
+        || (!sub.is_empty() && !def.subresources.contains(&sub))
+    {
+        return Err(ApiError::not_found_path());
+    }
+    let is_watch = watch_prefix || matches!(q(&query, "watch"), Some("true" | "1"));
+    let verb = match (&parts.method, name.is_empty(), sub) {
+        (&Method::GET, true, _) if is_watch => "watch",
+        (&Method::GET, false, "") if watch_prefix => "watch",
+        (&Method::GET, true, _) => "list",
+        (&Method::GET, false, _) => "get",
+        (&Method::POST, true, _) => "create",
+        (&Method::POST, false, "eviction") => "create",
+        (&Method::PUT, false, _) => "update",
+        (&Method::PATCH, false, _) => "patch",
+        (&Method::DELETE, false, "") => "delete",
+        (&Method::DELETE, true, _) => "deletecollection",
+        _ => return Err(ApiError::method_not_allowed()),
+    };
+    if sub == "eviction" && verb != "create" {
+        return Err(ApiError::method_not_allowed());
+    }
+    let attrs = Attrs::resource(verb, def, ns, name, sub);
+    let accept = parts
+        .headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    let want_table = accept.contains("as=Table");
+    let include_object = q(&query, "includeObject").unwrap_or("Metadata");
+
+    let mut guard = app.lock();
+    auth::authorize(&guard, user, &attrs)?;
+    // dryRun=All: run the request against a throwaway copy (admission and conflicts
+    // still apply, nothing is persisted or broadcast).
+    let mut dry;
+    let st =
+        if q(&query, "dryRun") == Some("All") && verb != "get" && verb != "list" && verb != "watch"
+        {
+            dry = guard.dry_copy();
+            drop(guard);
+            &mut dry
+        } else {
+            &mut *guard
+        };
+    let ns_opt = (!ns.is_empty()).then_some(ns);
+    match verb {
+        "get" => {
+            let obj = st
+                .get(def.storage, ns, name)
+                .ok_or_else(|| not_found(def, name))?;
+            if want_table {
+                let meta = json!({"resourceVersion": meta_str(obj, "resourceVersion")});
+                return Ok(Reply::Json(
+                    200,
+                    table::to_table(def, &[out(def, obj)], meta, include_object),
+                ));
+            }
+            Ok(Reply::Json(200, out(def, obj)))
+        }
+        "list" => list(st, def, ns_opt, &query, want_table, include_object),
+        "watch" => {
+            let mut filter = WatchFilter::new(def, ns_opt, &query)?;
+            if !name.is_empty() {
+                filter.name = Some(name.to_string());
+            }
+            if want_table {
+                filter.table = Some(include_object.to_string());
+            }
+            watch_setup(st, def, filter, &query).map(|w| Reply::Watch(Box::new(w)))
+        }
+        "create" if sub == "eviction" => {
+            let (code, v) = evict(st, def, ns, name, user, body)?;
+            Ok(Reply::Json(code, v))
+        }
+        "create" => {
+            let obj = parse_body(body)?;
+            Ok(Reply::Json(201, create(st, def, ns, user, obj, false)?))
+        }
+        "update" => {
+            let new = parse_body(body)?;
+            let bn = meta_str(&new, "name");
+            if !bn.is_empty() && bn != name {
+                return Err(ApiError::bad_request(format!(
+                    "the name of the object ({bn}) does not match the name on the URL ({name})"
+                )));
+            }
+            Ok(Reply::Json(
+                200,
+                mutate(st, def, ns, name, sub, user, |_| Ok(new))?,
+            ))
+        }
+        "patch" => {
+            let p = parse_body(body)?;
+            let ct = content_type
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string();
+            let v = mutate(st, def, ns, name, sub, user, |old| {
+                let mut t = out(def, old);
+                match ct.as_str() {
+                    "application/merge-patch+json" => patch::merge_patch(&mut t, &p),
+                    "application/strategic-merge-patch+json" => patch::strategic_merge(&mut t, &p)?,
+                    "application/json-patch+json" => patch::json_patch(&mut t, &p)?,
+                    _ => {
+                        return Err(ApiError::new(
+                            415,
+                            "UnsupportedMediaType",
+                            format!(
+                                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {ct:?})"
+                            ),
+                        ));
+                    }
+                }
+                Ok(t)
+            })?;
+            Ok(Reply::Json(200, v))
+        }
+        "delete" => {
+            let opts = DeleteOpts::parse(body, &query)?;
+            let (code, v) = delete(st, def, ns, name, user, &opts)?;
+            Ok(Reply::Json(code, v))
+        }
+        "deletecollection" => {
+            let opts = DeleteOpts::parse(body, &query)?;
+            let ls = LabelSelector::parse(q(&query, "labelSelector").unwrap_or(""))?;
+            let fs = FieldSelector::parse(q(&query, "fieldSelector").unwrap_or(""))?;
+            let names: Vec<(String, String)> = st
+                .list(def.storage, ns_opt)
+                .into_iter()
+                .filter(|o| ls.matches(o) && fs.matches(o))
+                .map(|o| {
+                    (
+                        meta_str(o, "namespace").to_string(),
+                        meta_str(o, "name").to_string(),
+                    )
+                })
+                .collect();
+            let mut items = Vec::new();
+            for (n_ns, n) in names {
+                let (_, v) = delete(st, def, &n_ns, &n, user, &opts)?;
+                if v["kind"] == "Status" {
+                    let before = st.history.back().map(|e| out(def, &e.obj));
+                    items.push(strip_type(before.unwrap_or(v)));
+                } else {
+                    items.push(strip_type(v));
+                }
+            }
+            Ok(Reply::Json(
+                200,
+                json!({"kind": format!("{}List", def.kind), "apiVersion": def.api_version(),
+                    "metadata": {"resourceVersion": st.rv.to_string()}, "items": items}),
+            ))
+        }
+        _ => Err(ApiError::method_not_allowed()),
+    }
+}
+
+fn non_resource(app: &App, method: &Method, path: &str) -> Result<Reply, ApiError> {
+    if method != Method::GET {
+        return Err(ApiError::method_not_allowed());
+    }
+    let p = path.trim_end_matches('/');
+    let segs: Vec<&str> = p.split('/').filter(|s| !s.is_empty()).collect();
+    let v = match segs.as_slice() {
+        ["version"] => resources::version_doc(&app.cfg.server_version),
+        ["api"] => {
+            let addr = app.addr.lock().map(|a| a.clone()).unwrap_or_default();
+            resources::api_versions(&addr)
+        }
+        ["apis"] => resources::api_group_list(),
+        ["api", "v1"] => resources::resource_list("", "v1").expect("core"),
+        ["apis", g] => resources::api_group(g).ok_or_else(ApiError::not_found_path)?,
+        ["apis", g, v] => resources::resource_list(g, v).ok_or_else(ApiError::not_found_path)?,
+        ["openapi", "v3"] => resources::openapi_v3_root(&app.cfg.server_version),
+        ["openapi", "v3", "api", v] => resources::openapi_v3_gv("", v, &app.cfg.server_version)
+            .ok_or_else(ApiError::not_found_path)?,
+        ["openapi", "v3", "apis", g, v] => resources::openapi_v3_gv(g, v, &app.cfg.server_version)
+            .ok_or_else(ApiError::not_found_path)?,
+        ["healthz" | "livez" | "readyz", ..] => return Ok(Reply::Text("ok")),
+        _ => return Err(ApiError::not_found_path()),
+    };
+    Ok(Reply::Json(200, v))
+}
+
+fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the object provided is unrecognized (must be JSON): {e}"
+        ))
+    })?;
+    Ok(v)
+}
+
+pub fn not_found(def: &ResourceDef, name: &str) -> ApiError {
+    ApiError::new(
+        404,
+        "NotFound",
+        format!("{} \"{}\" not found", def.qualified(), name),
+    )
+    .with_details(details(name, def.group, def.plural))
+}
+
+fn conflict(def: &ResourceDef, name: &str, why: &str) -> ApiError {
+    ApiError::new(
+        409,
+        "Conflict",
+        format!(
+            "Operation cannot be fulfilled on {} \"{}\": {}",
+            def.qualified(),
+            name,
+            why
+        ),
+    )
+    .with_details(details(name, def.group, def.plural))
+}
+
+fn invalid(def: &ResourceDef, name: &str, field: &str, msg: &str) -> ApiError {
+    ApiError::new(
+        422,
+        "Invalid",
+        format!("{} \"{}\" is invalid: {}: {}", def.kind, name, field, msg),
+    )
+    .with_details(json!({"name": name, "group": def.group, "kind": def.kind,
+        "causes": [{"reason": "FieldValueInvalid", "message": msg, "field": field}]}))
+}
+
+/// An object as served through `def` (version conversion is a relabel here).
+fn out(def: &ResourceDef, obj: &Value) -> Value {
+    let mut o = obj.clone();
+    o["apiVersion"] = json!(def.api_version());
+    o["kind"] = json!(def.kind);
+    o
+}
+
+fn strip_type(mut v: Value) -> Value {
+    if let Some(m) = v.as_object_mut() {
+        m.remove("kind");
+        m.remove("apiVersion");
+    }
+    v
+}
+
+fn list(
+    st: &State,
+    def: &ResourceDef,
+    ns: Option<&str>,
+    query: &[(String, String)],
+    want_table: bool,
+    include_object: &str,
+) -> Result<Reply, ApiError> {
+    let ls = LabelSelector::parse(q(query, "labelSelector").unwrap_or(""))?;
+    let fs = FieldSelector::parse(q(query, "fieldSelector").unwrap_or(""))?;
+    let cont = q(query, "continue").filter(|c| !c.is_empty());
+    let mut items: Vec<&Value> = st
+        .list(def.storage, ns)
+        .into_iter()
+        .filter(|o| ls.matches(o) && fs.matches(o))
+        .filter(|o| match cont {
+            Some(c) => {
+                let key = format!("{}/{}", meta_str(o, "namespace"), meta_str(o, "name"));
+                key.as_str() > c
+            }
+            None => true,
+        })
+        .collect();
+    let mut meta = json!({"resourceVersion": st.rv.to_string()});
+    let limit: usize = q(query, "limit").and_then(|l| l.parse().ok()).unwrap_or(0);
+    if limit > 0 && items.len() > limit {
+        let remaining = items.len() - limit;
+        items.truncate(limit);
+        let last = items[limit - 1];
+        meta["continue"] = json!(format!(
+            "{}/{}",
+            meta_str(last, "namespace"),
+            meta_str(last, "name")
+        ));
+        meta["remainingItemCount"] = json!(remaining);
+    }
+    let objs: Vec<Value> = items.iter().map(|o| out(def, o)).collect();
+    if want_table {
+        return Ok(Reply::Json(
+            200,
+            table::to_table(def, &objs, meta, include_object),
+        ));
+    }
+    Ok(Reply::Json(
+        200,
+        json!({
+            "kind": format!("{}List", def.kind),
+            "apiVersion": def.api_version(),
+            "metadata": meta,
+            "items": objs.into_iter().map(strip_type).collect::<Vec<_>>(),
+        }),
+    ))
+}
+
+fn valid_name(def: &ResourceDef, name: &str) -> bool {
+    if name.is_empty()
+        || name.len() > 253
+        || name.contains(['/', '%'])
+        || name == "."
+        || name == ".."
+    {
+        return false;
+    }
+    if def.group == "rbac.authorization.k8s.io" {
+        return true;
+    }
+    name.bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric()
+}
+
+fn pod_qos(pod: &Value) -> &'static str {
+    let containers = pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut any = false;
+    let mut guaranteed = !containers.is_empty();
+    for c in &containers {
+        let req = c.pointer("/resources/requests");
+        let lim = c.pointer("/resources/limits");
+        let has = |v: Option<&Value>| v.and_then(Value::as_object).is_some_and(|m| !m.is_empty());
+        if has(req) || has(lim) {
+            any = true;
+        }
+        for r in ["cpu", "memory"] {
+            let l = lim.and_then(|l| l.get(r));
+            let q = req.and_then(|q| q.get(r)).or(l);
+            if l.is_none() || q != l {
+                guaranteed = false;
+            }
+        }
+    }
+    if !any {
+        "BestEffort"
+    } else if guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    }
+}
+
+/// Create an object. `seed` keeps caller-provided uid/timestamps/status.
+pub fn create(
+    st: &mut State,
+    def: &'static ResourceDef,
+    ns: &str,
+    user: &User,
+    mut obj: Value,
+    seed: bool,
+) -> Result<Value, ApiError> {
+    if !obj.is_object() {
+        return Err(ApiError::bad_request(
+            "the object provided is not a JSON object",
+        ));
+    }
+    if let Some(k) = obj.get("kind").and_then(Value::as_str)
+        && k != def.kind
+    {
+        return Err(ApiError::bad_request(format!(
+            "the kind in the data ({k}) does not match the expected kind ({})",
+            def.kind
+        )));
+    }
+    let storage = resources::storage_def(def.storage);
+    obj["apiVersion"] = json!(storage.api_version());
+    obj["kind"] = json!(def.kind);
+    let md = metadata_mut(&mut obj);
+    let mut name = md
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    if name.is_empty() {
+        match md.get("generateName").and_then(Value::as_str) {
+            Some(g) if !g.is_empty() => name = format!("{g}{}", random_suffix()),
+            _ => {
+                return Err(invalid(
+                    def,
+                    "",
+                    "metadata.name",
+                    "Required value: name or generateName is required",
+                ));
+            }
+        }
+        md.insert("name".into(), json!(name));
+    }
+    if !valid_name(def, &name) {
+        return Err(invalid(
+            def,
+            &name,
+            "metadata.name",
+            &format!(
+                "Invalid value: {name:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
+            ),
+        ));
+    }
+    if def.namespaced {
+        let body_ns = md.get("namespace").and_then(Value::as_str).unwrap_or("");
+        if !body_ns.is_empty() && body_ns != ns {
+            return Err(ApiError::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
+        }
+        md.insert("namespace".into(), json!(ns));
+    } else {
+        md.remove("namespace");
+    }
+    let keep = |md: &serde_json::Map<String, Value>, k: &str| {
+        seed && md
+            .get(k)
+            .and_then(Value::as_str)
+            .is_some_and(|s| !s.is_empty())
+    };
+    if !keep(md, "uid") {
+        md.insert("uid".into(), json!(crate::util::new_uid()));
+    }
+    if !keep(md, "creationTimestamp") {
+        md.insert("creationTimestamp".into(), json!(now_rfc3339()));
+    }
+    md.insert("generation".into(), json!(1));
+    md.remove("resourceVersion");
+    md.remove("selfLink");
+    md.remove("managedFields");
+    if !seed {
+        md.remove("deletionTimestamp");
+        md.remove("deletionGracePeriodSeconds");
+    }
+    if def.namespaced && st.get(NAMESPACES, "", ns).is_none() {
+        return Err(
+            ApiError::new(404, "NotFound", format!("namespaces \"{ns}\" not found"))
+                .with_details(details(ns, "", "namespaces")),
+        );
+    }
+    if st.get(def.storage, ns, &name).is_some() {
+        return Err(ApiError::new(
+            409,
+            "AlreadyExists",
+            format!("{} \"{}\" already exists", def.qualified(), name),
+        )
+        .with_details(details(&name, def.group, def.plural)));
+    }
+    if let Some(node) = user.node_name() {
+        if def.is(NODES) {
+            auth::admit_node_write(def, node, None, &obj)?;
+        }
+        if def.is(PODS) {
+            auth::admit_pod_create(st, def, node, &obj)?;
+        }
+    }
+    if def.is(PODS) {
+        let spec = obj
+            .get_mut("spec")
+            .and_then(Value::as_object_mut)
+            .ok_or_else(|| invalid(def, &name, "spec", "Required value"))?;
+        for (k, v) in [
+            ("terminationGracePeriodSeconds", json!(30)),
+            ("restartPolicy", json!("Always")),
+            ("dnsPolicy", json!("ClusterFirst")),
+            ("schedulerName", json!("default-scheduler")),
+            ("securityContext", json!({})),
+        ] {
+            spec.entry(k).or_insert(v);
+        }
+        if !seed || obj.get("status").is_none() {
+            let qos = pod_qos(&obj);
+            obj["status"] = json!({"phase": "Pending", "qosClass": qos});
+        }
+    }
+    if def.is(NAMESPACES) {
+        metadata_mut(&mut obj)
+            .entry("labels")
+            .or_insert(json!({}))
+            .as_object_mut()
+            .map(|l| l.insert("kubernetes.io/metadata.name".into(), json!(name)));
+        obj["status"] = json!({"phase": "Active"});
+    }
+    if def.is(PDBS) {
+        let pods = st.list(PODS, Some(ns));
+        obj["status"] = store::pdb_status(&obj, &pods);
+    }
+    let stored = st.insert(def.storage, obj);
+    Ok(out(def, &stored))
+}
+
+/// Shared update/patch path: `f` produces the desired object from the current one.
+fn mutate(
+    st: &mut State,
+    def: &'static ResourceDef,
+    ns: &str,
+    name: &str,
+    sub: &str,
+    user: &User,
+    f: impl FnOnce(&Value) -> Result<Value, ApiError>,
+) -> Result<Value, ApiError> {
+    let old = st
+        .get(def.storage, ns, name)
+        .cloned()
+        .ok_or_else(|| not_found(def, name))?;
+    let mut new = f(&old)?;
+    if !new.is_object() {
+        return Err(ApiError::bad_request(
+            "the object provided is not a JSON object",
+        ));
+    }
+    let nn = meta_str(&new, "name");
+    if !nn.is_empty() && nn != name {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({nn}) does not match the name on the URL ({name})"
+        )));
+    }
+    let rv = meta_str(&new, "resourceVersion");
+    if !rv.is_empty() && rv != meta_str(&old, "resourceVersion") {
+        return Err(conflict(
+            def,
+            name,
+            "the object has been modified; please apply your changes to the latest version and try again",
+        ));
+    }
+    let uid = meta_str(&new, "uid");
+    if !uid.is_empty() && uid != meta_str(&old, "uid") {
+        return Err(conflict(
+            def,
+            name,
+            &format!(
+                "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                meta_str(&old, "uid")
+            ),
+        ));
+    }
+    new["apiVersion"] = old["apiVersion"].clone();
+    new["kind"] = json!(def.kind);
+    {
+        let om = old["metadata"].as_object().cloned().unwrap_or_default();
+        let md = metadata_mut(&mut new);
+        for k in [
+            "name",
+            "namespace",
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+            "resourceVersion",
+        ] {
+            match om.get(k) {
+                Some(v) => md.insert(k.into(), v.clone()),
+                None => md.remove(k),
+            };
+        }
+        md.remove("selfLink");
+        md.remove("managedFields");
+    }
+    if def.has_status() {
+        if sub == "status" {
+            match old.get("spec") {
+                Some(s) => new["spec"] = s.clone(),
+                None => {
+                    new.as_object_mut().map(|m| m.remove("spec"));
+                }
+            }
+            if def.is(PODS) {
+                let owners = old.pointer("/metadata/ownerReferences").cloned();
+                let md = metadata_mut(&mut new);
+                match owners {
+                    Some(o) => md.insert("ownerReferences".into(), o),
+                    None => md.remove("ownerReferences"),
+                };
+            }
+        } else {
+            match old.get("status") {
+                Some(s) => new["status"] = s.clone(),
+                None => {
+                    new.as_object_mut().map(|m| m.remove("status"));
+                }
+            }
+        }
+    }
+    if old.get("spec") != new.get("spec") {
+        let g = old
+            .pointer("/metadata/generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
+        metadata_mut(&mut new).insert("generation".into(), json!(g + 1));
+    }
+    if let Some(node) = user.node_name() {
+        if def.is(NODES) {
+            auth::admit_node_write(def, node, Some(&old), &new)?;
+        }
+        if def.is(PODS) && sub == "status" {
+            auth::admit_pod_status(def, node, &old, &new)?;
+        }
+    }
+    let no_finalizers = new
+        .pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .is_none_or(Vec::is_empty);
+    let grace = new
+        .pointer("/metadata/deletionGracePeriodSeconds")
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    if is_terminating(&new) && no_finalizers && (!def.is(PODS) || grace == 0) {
+        st.replace(def.storage, new);
+        let gone = st
+            .remove(def.storage, ns, name)
+            .ok_or_else(|| not_found(def, name))?;
+        return Ok(out(def, &gone));
+    }
+    let stored = st.replace(def.storage, new);
+    Ok(out(def, &stored))
+}
+
+#[derive(Debug, Default)]
+struct DeleteOpts {
+    grace: Option<i64>,
+    uid: Option<String>,
+    rv: Option<String>,
+}
+
+impl DeleteOpts {
+    fn from_value(v: &Value) -> Self {
+        DeleteOpts {
+            grace: v.get("gracePeriodSeconds").and_then(Value::as_i64),
+            uid: v
+                .pointer("/preconditions/uid")
+                .and_then(Value::as_str)
+                .map(String::from),
+            rv: v
+                .pointer("/preconditions/resourceVersion")
+                .and_then(Value::as_str)
+                .map(String::from),
+        }
+    }
+
+    fn parse(body: &Bytes, query: &[(String, String)]) -> Result<Self, ApiError> {
+        let mut o = if body.iter().all(u8::is_ascii_whitespace) {
+            DeleteOpts::default()
+        } else {
+            DeleteOpts::from_value(&parse_body(body)?)
+        };
+        if o.grace.is_none()
+            && let Some(g) = q(query, "gracePeriodSeconds")
+        {
+            o.grace =
+                Some(g.parse().map_err(|_| {
+                    ApiError::bad_request(format!("invalid gracePeriodSeconds {g:?}"))
+                })?);
+        }
+        Ok(o)
+    }
+
+    fn check(&self, def: &ResourceDef, obj: &Value) -> Result<(), ApiError> {
+        let name = meta_str(obj, "name");
+        if let Some(u) = &self.uid
+            && u != meta_str(obj, "uid")
+        {
+            return Err(conflict(
+                def,
+                name,
+                &format!(
+                    "Precondition failed: UID in precondition: {u}, UID in object meta: {}",
+                    meta_str(obj, "uid")
+                ),
+            ));
+        }
+        if let Some(rv) = &self.rv
+            && rv != meta_str(obj, "resourceVersion")
+        {
+            return Err(conflict(
+                def,
+                name,
+                &format!(
+                    "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                    meta_str(obj, "resourceVersion")
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn delete(
+    st: &mut State,
+    def: &'static ResourceDef,
+    ns: &str,
+    name: &str,
+    user: &User,
+    opts: &DeleteOpts,
+) -> Result<(u16, Value), ApiError> {
+    let obj = st
+        .get(def.storage, ns, name)
+        .cloned()
+        .ok_or_else(|| not_found(def, name))?;
+    if let Some(node) = user.node_name()
+        && def.is(PODS)
+    {
+        auth::admit_pod_delete(def, node, &obj)?;
+    }
+    opts.check(def, &obj)?;
+    if def.is(PODS) {
+        return Ok((200, delete_pod(st, def, obj, opts.grace)));
+    }
+    let has_finalizers = obj
+        .pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .is_some_and(|f| !f.is_empty());
+    if has_finalizers {
+        if is_terminating(&obj) {
+            return Ok((200, out(def, &obj)));
+        }
+        let mut o = obj;
+        let md = metadata_mut(&mut o);
+        md.insert("deletionTimestamp".into(), json!(now_rfc3339()));
+        md.insert("deletionGracePeriodSeconds".into(), json!(0));
+        return Ok((200, out(def, &st.replace(def.storage, o))));
+    }
+    if def.is(NAMESPACES) {
+        st.purge_namespace(name);
+    }
+    let gone = st
+        .remove(def.storage, ns, name)
+        .ok_or_else(|| not_found(def, name))?;
+    // Registries with ReturnDeletedObject (pods, namespaces, services) answer with the
+    // object; the generic store answers with a Success Status.
+    if def.is(NAMESPACES) || def.is("services") {
+        return Ok((200, out(def, &gone)));
+    }
+    let mut d = details(name, def.group, def.plural);
+    d["uid"] = json!(meta_str(&gone, "uid"));
+    Ok((
+        200,
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": d}),
+    ))
+}
+
+/// Graceful pod deletion: bound, non-terminal pods get deletionTimestamp and stay until
+/// deleted again with gracePeriodSeconds=0 (the kubelet's final delete).
+fn delete_pod(st: &mut State, def: &ResourceDef, obj: Value, grace: Option<i64>) -> Value {
+    let phase = obj
+        .pointer("/status/phase")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let node = obj
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let mut grace = grace
+        .or_else(|| {
+            obj.pointer("/spec/terminationGracePeriodSeconds")
+                .and_then(Value::as_i64)
+        })
+        .unwrap_or(30)
+        .max(0);
+    if node.is_empty() || phase == "Succeeded" || phase == "Failed" {
+        grace = 0;
+    }
+    if is_terminating(&obj) {
+        let current = obj
+            .pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+        if grace >= current {
+            return out(def, &obj);
+        }
+    }
+    let no_finalizers = obj
+        .pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .is_none_or(Vec::is_empty);
+    let (ns, name) = (
+        meta_str(&obj, "namespace").to_string(),
+        meta_str(&obj, "name").to_string(),
+    );
+    if grace == 0 && no_finalizers {
+        return st
+            .remove(PODS, &ns, &name)
+            .map(|o| out(def, &o))
+            .unwrap_or(obj);
+    }
+    let mut o = obj;
+    let md = metadata_mut(&mut o);
+    md.insert(
+        "deletionTimestamp".into(),
+        json!(rfc3339(unix_now() + grace)),
+    );
+    md.insert("deletionGracePeriodSeconds".into(), json!(grace));
+    out(def, &st.replace(PODS, o))
+}
+
+fn success(code: u16) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": code})
+}
+
+fn evict(
+    st: &mut State,
+    def: &'static ResourceDef,
+    ns: &str,
+    name: &str,
+    user: &User,
+    body: &Bytes,
+) -> Result<(u16, Value), ApiError> {
+    let ev = parse_body(body)?;
+    if let Some(k) = ev.get("kind").and_then(Value::as_str)
+        && k != "Eviction"
+    {
+        return Err(ApiError::bad_request(format!(
+            "expected kind Eviction, got {k}"
+        )));
+    }
+    let en = meta_str(&ev, "name");
+    if !en.is_empty() && en != name {
+        return Err(ApiError::bad_request(
+            "name in URL does not match name in Eviction object",
+        ));
+    }
+    let pod = st
+        .get(PODS, ns, name)
+        .cloned()
+        .ok_or_else(|| not_found(def, name))?;
+    if let Some(node) = user.node_name() {
+        auth::admit_pod_eviction(def, node, &pod)?;
+    }
+    if is_terminating(&pod) {
+        return Ok((200, success(200)));
+    }
+    let opts = ev
+        .get("deleteOptions")
+        .map(DeleteOpts::from_value)
+        .unwrap_or_default();
+    opts.check(def, &pod)?;
+    let phase = pod
+        .pointer("/status/phase")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if !matches!(phase, "Succeeded" | "Failed" | "Pending") {
+        let pods = st.list(PODS, Some(ns));
+        let pdbs: Vec<&Value> = st
+            .list(PDBS, Some(ns))
+            .into_iter()
+            .filter(|p| LabelSelector::from_object(p.pointer("/spec/selector")).matches(&pod))
+            .collect();
+        if pdbs.len() > 1 {
+            return Err(ApiError::internal(
+                "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support.",
+            ));
+        }
+        if let Some(pdb) = pdbs.first() {
+            let m = store::pdb_math(pdb, &pods);
+            let unhealthy_ok = !pod_is_ready(&pod)
+                && (pdb
+                    .pointer("/spec/unhealthyPodEvictionPolicy")
+                    .and_then(Value::as_str)
+                    == Some("AlwaysAllow")
+                    || m.current_healthy >= m.desired_healthy);
+            if !unhealthy_ok && m.disruptions_allowed <= 0 {
+                return Err(ApiError::new(
+                    429,
+                    "TooManyRequests",
+                    "Cannot evict pod as it would violate the pod's disruption budget.",
+                )
+                .with_details(json!({"causes": [{
+                    "reason": "DisruptionBudget",
+                    "message": format!(
+                        "The disruption budget {} needs {} healthy pods and has {} currently",
+                        meta_str(pdb, "name"), m.desired_healthy, m.current_healthy),
+                }]})));
+            }
+        }
+    }
+    delete_pod(st, def, pod, opts.grace);
+    Ok((201, success(201)))
+}
+
+// ------------------------------------------------------------------------- watch
+
+pub struct WatchFilter {
+    storage: &'static str,
+    ns: Option<String>,
+    name: Option<String>,
+    ls: LabelSelector,
+    fs: FieldSelector,
+    /// `Some(includeObject)` when the client asked for Table watch events (kubectl get -w).
+    table: Option<String>,
+}
+
+impl WatchFilter {
+    fn new(
+        def: &ResourceDef,
+        ns: Option<&str>,
+        query: &[(String, String)],
+    ) -> Result<Self, ApiError> {
+        Ok(WatchFilter {
+            storage: def.storage,
+            ns: ns.map(String::from),
+            name: None,
+            ls: LabelSelector::parse(q(query, "labelSelector").unwrap_or(""))?,
+            fs: FieldSelector::parse(q(query, "fieldSelector").unwrap_or(""))?,
+            table: None,
+        })
+    }
+
+    fn event_line(&self, def: &ResourceDef, ty: &str, obj: &Value) -> Bytes {
+        match &self.table {
+            Some(inc) => {
+                let meta = json!({"resourceVersion": meta_str(obj, "resourceVersion")});
+                let t = table::to_table(def, &[out(def, obj)], meta, inc);
+                let mut v =
+                    serde_json::to_vec(&json!({"type": ty, "object": t})).unwrap_or_default();
+                v.push(b'\n');
+                Bytes::from(v)
+            }
+            None => line(def, ty, obj),
+        }
+    }
+
+    fn matches(&self, o: &Value) -> bool {
+        self.ns
+            .as_deref()
+            .is_none_or(|n| n == meta_str(o, "namespace"))
+            && self
+                .name
+                .as_deref()
+                .is_none_or(|n| n == meta_str(o, "name"))
+            && self.ls.matches(o)
+            && self.fs.matches(o)
+    }
+
+    /// Event type as seen through the filter (objects entering/leaving the selection).
+    fn translate(&self, ev: &Event) -> Option<&'static str> {
+        if ev.storage != self.storage {
+            return None;
+        }
+        let now = self.matches(&ev.obj);
+        let before = ev.old.as_ref().is_some_and(|o| self.matches(o));
+        match ev.kind {
+            EventType::Added | EventType::Deleted => now.then_some(ev.kind.as_str()),
+            EventType::Modified => match (before, now) {
+                (true, true) => Some("MODIFIED"),
+                (false, true) => Some("ADDED"),
+                (true, false) => Some("DELETED"),
+                (false, false) => None,
+            },
+        }
+    }
+}
+
+pub struct WatchSetup {
+    def: &'static ResourceDef,
+    initial: Vec<Bytes>,
+    rx: Option<broadcast::Receiver<Arc<Event>>>,
+    filter: WatchFilter,
+    timeout: Duration,
+    bookmarks: bool,
+    rv: u64,
+}
+
+fn line(def: &ResourceDef, ty: &str, obj: &Value) -> Bytes {
+    let mut v =
+        serde_json::to_vec(&json!({"type": ty, "object": out(def, obj)})).unwrap_or_default();
+    v.push(b'\n');
+    Bytes::from(v)
+}
+
+fn bookmark(def: &ResourceDef, rv: u64, initial_end: bool) -> Bytes {
+    let mut md = json!({"resourceVersion": rv.to_string()});
+    if initial_end {
+        md["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+    }
+    line(def, "BOOKMARK", &json!({"metadata": md}))
+}
+
+fn watch_setup(
+    st: &State,
+    def: &'static ResourceDef,
+    filter: WatchFilter,
+    query: &[(String, String)],
+) -> Result<WatchSetup, ApiError> {
+    let timeout = q(query, "timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .filter(|t| *t > 0)
+        .unwrap_or(1800);
+    let bookmarks = matches!(q(query, "allowWatchBookmarks"), Some("true" | "1"));
+    let send_initial = matches!(q(query, "sendInitialEvents"), Some("true" | "1"));
+    let rv_param = q(query, "resourceVersion").unwrap_or("");
+    let mut initial = Vec::new();
+    let rx = Some(st.tx.subscribe());
+    let snapshot = |initial: &mut Vec<Bytes>| {
+        for o in st.list(def.storage, filter.ns.as_deref()) {
+            if filter.matches(o) {
+                initial.push(filter.event_line(def, "ADDED", o));
+            }
+        }
+    };
+    if send_initial {
+        snapshot(&mut initial);
+        initial.push(bookmark(def, st.rv, true));
+    } else if rv_param.is_empty() || rv_param == "0" {
+        snapshot(&mut initial);
+    } else {
+        let rv: u64 = rv_param
+            .parse()
+            .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv_param}")))?;
+        if rv < st.oldest_watchable() {
+            let e = ApiError::new(
+                410,
+                "Expired",
+                format!("too old resource version: {rv} ({})", st.oldest_watchable()),
+            );
+            let mut v = serde_json::to_vec(&json!({"type": "ERROR", "object": e.status()}))
+                .unwrap_or_default();
+            v.push(b'\n');
+            return Ok(WatchSetup {
+                def,
+                initial: vec![Bytes::from(v)],
+                rx: None,
+                filter,
+                timeout: Duration::from_secs(timeout),
+                bookmarks,
+                rv: st.rv,
+            });
+        }
+        for ev in st.history.iter().filter(|e| e.rv > rv) {
+            if let Some(ty) = filter.translate(ev) {
+                initial.push(filter.event_line(def, ty, &ev.obj));
+            }
+        }
+    }
+    Ok(WatchSetup {
+        def,
+        initial,
+        rx,
+        filter,
+        timeout: Duration::from_secs(timeout),
+        bookmarks,
+        rv: st.rv,
+    })
+}
+
+fn start_watch(app: Arc<App>, w: WatchSetup) -> Response<Body> {
+    let (tx, rx) = mpsc::channel::<Result<Bytes, BoxError>>(256);
+    tokio::spawn(async move {
+        let WatchSetup {
+            def,
+            initial,
+            rx: events,
+            filter,
+            timeout,
+            bookmarks,
+            mut rv,
+        } = w;
+        for b in initial {
+            if tx.send(Ok(b)).await.is_err() {
+                return;
+            }
+        }
+        let Some(mut events) = events else { return };
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut last_bookmark = Instant::now();
+        loop {
+            tokio::select! {
+                _ = &mut deadline => return,
+                _ = tx.closed() => return,
+                r = events.recv() => match r {
+                    Ok(ev) => {
+                        rv = ev.rv;
+                        if let Some(ty) = filter.translate(&ev)
+                            && tx.send(Ok(filter.event_line(def, ty, &ev.obj))).await.is_err() {
+                                return;
+                            }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let e = ApiError::new(410, "Expired", "watch fell behind; too old resource version");
+                        let mut v = serde_json::to_vec(&json!({"type": "ERROR", "object": e.status()})).unwrap_or_default();
+                        v.push(b'\n');
+                        let _ = tx.send(Ok(Bytes::from(v))).await;
+                        return;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                _ = tick.tick() => {
+                    if app.fault() == Some(Fault::Down) {
+                        let _ = tx.send(Err("fault injected: down".into())).await;
+                        return;
+                    }
+                    if bookmarks && last_bookmark.elapsed() >= Duration::from_secs(30) {
+                        last_bookmark = Instant::now();
+                        if tx.send(Ok(bookmark(def, rv, false))).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    });
+    Response::builder()
+        .status(200)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("Cache-Control", "no-cache, private")
+        .body(ChannelBody(rx).boxed())
+        .expect("response")
+}
+
+/// Load a seed file: a JSON list of objects (or a `List` with `items`), created as admin.
+pub fn load_seed(st: &mut State, text: &str) -> Result<usize, String> {
+    let v: Value = serde_json::from_str(text).map_err(|e| format!("seed: invalid JSON: {e}"))?;
+    let items = match v {
+        Value::Array(a) => a,
+        Value::Object(ref o) if o.contains_key("items") => o["items"]
+            .as_array()
+            .cloned()
+            .ok_or("seed: items must be a list")?,
+        o @ Value::Object(_) => vec![o],
+        _ => return Err("seed: expected a JSON list of objects".into()),
+    };
+    let admin = User::admin();
+    let n = items.len();
+    for (i, obj) in items.into_iter().enumerate() {
+        let av = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+        let kind = obj.get("kind").and_then(Value::as_str).unwrap_or("");
+        let def = resources::find_by_type(av, kind)
+            .ok_or_else(|| format!("seed item {i}: unsupported apiVersion/kind {av:?}/{kind:?}"))?;
+        let ns = if def.namespaced {
+            let n = meta_str(&obj, "namespace");
+            if n.is_empty() { "default" } else { n }.to_string()
+        } else {
+            String::new()
+        };
+        if def.namespaced && st.get(NAMESPACES, "", &ns).is_none() {
+            let nsobj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+            create(
+                st,
+                resources::storage_def(NAMESPACES),
+                "",
+                &admin,
+                nsobj,
+                true,
+            )
+            .map_err(|e| format!("seed item {i}: {}", e.message))?;
+        }
+        create(st, def, &ns, &admin, obj, true)
+            .map_err(|e| format!("seed item {i}: {}", e.message))?;
+    }
+    Ok(n)
+}

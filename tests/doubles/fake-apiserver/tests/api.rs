@@ -1,0 +1,1200 @@
+//! HTTP-level tests of the fake API server (plain HTTP, no kubectl).
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+
+const SMP: &str = "application/strategic-merge-patch+json";
+const MP: &str = "application/merge-patch+json";
+const JP: &str = "application/json-patch+json";
+
+fn seeded(objs: Vec<Value>) -> Server {
+    start(Opts {
+        seed: Some(Value::Array(objs)),
+        ..Opts::default()
+    })
+}
+
+fn rv(v: &Value) -> u64 {
+    v["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn discovery_documents() {
+    let s = seeded(vec![]);
+    let (c, v) = get(&s, "/version", ADMIN);
+    assert_eq!(c, 200);
+    assert_eq!(v["gitVersion"], "v1.33.0");
+    assert_eq!(v["major"], "1");
+    let (_, v) = get(&s, "/api", ADMIN);
+    assert_eq!(v["kind"], "APIVersions");
+    assert_eq!(v["versions"], json!(["v1"]));
+    let (_, v) = get(&s, "/api/v1", ADMIN);
+    assert_eq!(v["kind"], "APIResourceList");
+    let res = v["resources"].as_array().unwrap();
+    let find = |n: &str| res.iter().find(|r| r["name"] == n).cloned().unwrap();
+    let ev = find("pods/eviction");
+    assert_eq!(
+        (&ev["group"], &ev["version"], &ev["kind"]),
+        (&json!("policy"), &json!("v1"), &json!("Eviction"))
+    );
+    for n in [
+        "pods",
+        "pods/status",
+        "nodes",
+        "nodes/status",
+        "namespaces",
+        "events",
+    ] {
+        find(n);
+    }
+    assert_eq!(find("nodes")["namespaced"], false);
+    let (_, v) = get(&s, "/apis", ADMIN);
+    let groups: Vec<&str> = v["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["name"].as_str().unwrap())
+        .collect();
+    for g in [
+        "policy",
+        "apps",
+        "rbac.authorization.k8s.io",
+        "coordination.k8s.io",
+    ] {
+        assert!(groups.contains(&g), "{g} in {groups:?}");
+    }
+    let (_, v) = get(&s, "/apis/policy", ADMIN);
+    assert_eq!(v["preferredVersion"]["version"], "v1");
+    let (c, v) = get(&s, "/apis/policy/v1beta1", ADMIN);
+    assert_eq!(c, 200);
+    assert_eq!(v["resources"][0]["name"], "poddisruptionbudgets");
+    let (_, v) = get(&s, "/openapi/v3", BOB);
+    let url = v["paths"]["apis/policy/v1"]["serverRelativeURL"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (c, v) = get(&s, &url, BOB);
+    assert_eq!(c, 200);
+    let patch_op =
+        &v["paths"]["/apis/policy/v1/namespaces/{namespace}/poddisruptionbudgets/{name}"]["patch"];
+    assert_eq!(
+        patch_op["x-kubernetes-group-version-kind"]["kind"],
+        "PodDisruptionBudget"
+    );
+    let (c, v) = get(&s, "/apis/nope/v1", ADMIN);
+    assert_eq!((c, v["reason"].as_str()), (404, Some("NotFound")));
+}
+
+#[test]
+fn authentication_401() {
+    let s = seeded(vec![]);
+    let r = request(&s, "GET", "/api/v1/nodes", None, "application/json", b"");
+    assert_eq!(r.code, 401);
+    assert_eq!(
+        r.json(),
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": "Unauthorized", "reason": "Unauthorized", "code": 401})
+    );
+    let (c, _) = get(&s, "/api/v1/nodes", "wrong");
+    assert_eq!(c, 401);
+    let (c, _) = get(&s, "/version", "wrong");
+    assert_eq!(c, 401);
+    let (c, _) = get(&s, "/api/v1/nodes", ADMIN);
+    assert_eq!(c, 200);
+    // Discovery is open to every authenticated user.
+    let (c, _) = get(&s, "/apis", BOB);
+    assert_eq!(c, 200);
+}
+
+#[test]
+fn crud_metadata_selectors_and_errors() {
+    let s = seeded(vec![node("n1")]);
+    let mut p = pod("default", "p1", "n1", "web");
+    p["metadata"]["labels"]["tier"] = json!("fe");
+    let (c, created) = post(&s, "/api/v1/namespaces/default/pods", ADMIN, &p);
+    assert_eq!(c, 201, "{created}");
+    assert_eq!(created["kind"], "Pod");
+    assert_eq!(created["apiVersion"], "v1");
+    assert_eq!(created["metadata"]["uid"].as_str().unwrap().len(), 36);
+    assert!(
+        created["metadata"]["creationTimestamp"]
+            .as_str()
+            .unwrap()
+            .ends_with('Z')
+    );
+    // API create resets status like the real PrepareForCreate.
+    assert_eq!(created["status"]["phase"], "Pending");
+    assert_eq!(created["spec"]["terminationGracePeriodSeconds"], 30);
+    let (c, dup) = post(&s, "/api/v1/namespaces/default/pods", ADMIN, &p);
+    assert_eq!(c, 409);
+    assert_eq!(dup["reason"], "AlreadyExists");
+    assert_eq!(dup["message"], "pods \"p1\" already exists");
+    let (c, e) = post(
+        &s,
+        "/api/v1/namespaces/nope/pods",
+        ADMIN,
+        &pod("nope", "x", "n1", "a"),
+    );
+    assert_eq!(
+        (c, e["message"].as_str()),
+        (404, Some("namespaces \"nope\" not found"))
+    );
+    let mut g = pod("default", "", "", "web");
+    g["metadata"]["generateName"] = json!("gen-");
+    let (c, gen_pod) = post(&s, "/api/v1/namespaces/default/pods", ADMIN, &g);
+    assert_eq!(c, 201);
+    assert!(
+        gen_pod["metadata"]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("gen-")
+    );
+    assert!(rv(&gen_pod) > rv(&created));
+
+    let (c, e) = get(&s, "/api/v1/namespaces/default/pods/missing", ADMIN);
+    assert_eq!(c, 404);
+    assert_eq!(
+        e,
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": "pods \"missing\" not found", "reason": "NotFound",
+            "details": {"name": "missing", "kind": "pods"}, "code": 404})
+    );
+    let (_, e) = get(&s, "/apis/apps/v1/namespaces/default/daemonsets/x", ADMIN);
+    assert_eq!(e["message"], "daemonsets.apps \"x\" not found");
+    assert_eq!(e["details"]["group"], "apps");
+
+    // Lists and selectors.
+    let (_, l) = get(&s, "/api/v1/pods?fieldSelector=spec.nodeName%3Dn1", ADMIN);
+    assert_eq!(l["kind"], "PodList");
+    assert_eq!(l["items"].as_array().unwrap().len(), 1);
+    assert!(rv(&l) >= rv(&gen_pod));
+    let (_, l) = get(
+        &s,
+        "/api/v1/namespaces/default/pods?labelSelector=app%3Dweb",
+        ADMIN,
+    );
+    assert_eq!(l["items"].as_array().unwrap().len(), 2);
+    let (_, l) = get(&s, "/api/v1/pods?labelSelector=tier+in+(fe,be),app", ADMIN);
+    assert_eq!(l["items"][0]["metadata"]["name"], "p1");
+    let (_, l) = get(
+        &s,
+        "/api/v1/pods?fieldSelector=metadata.name%3Dp1,metadata.namespace%3Ddefault",
+        ADMIN,
+    );
+    assert_eq!(l["items"].as_array().unwrap().len(), 1);
+    let (_, l) = get(&s, "/api/v1/pods?limit=1", ADMIN);
+    assert_eq!(l["items"].as_array().unwrap().len(), 1);
+    let cont = l["metadata"]["continue"].as_str().unwrap().to_string();
+    let (_, l2) = get(&s, &format!("/api/v1/pods?limit=1&continue={cont}"), ADMIN);
+    assert_ne!(
+        l2["items"][0]["metadata"]["name"],
+        l["items"][0]["metadata"]["name"]
+    );
+
+    // PUT with a stale resourceVersion conflicts; the current one works.
+    let mut upd = created.clone();
+    upd["metadata"]["labels"]["x"] = json!("1");
+    let (c, u) = put(&s, "/api/v1/namespaces/default/pods/p1", ADMIN, &upd);
+    assert_eq!(c, 200, "{u}");
+    assert!(rv(&u) > rv(&created));
+    let (c, e) = put(&s, "/api/v1/namespaces/default/pods/p1", ADMIN, &upd);
+    assert_eq!(c, 409);
+    assert_eq!(e["reason"], "Conflict");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("the object has been modified")
+    );
+
+    // Patches: merge, strategic (status subresource), json patch.
+    let (c, n) = patch(
+        &s,
+        "/api/v1/nodes/n1",
+        ADMIN,
+        SMP,
+        &json!({"spec": {"unschedulable": true}}),
+    );
+    assert_eq!((c, &n["spec"]["unschedulable"]), (200, &json!(true)));
+    let (_, n2) = patch(
+        &s,
+        "/api/v1/nodes/n1",
+        ADMIN,
+        MP,
+        &json!({"spec": {"unschedulable": null}}),
+    );
+    assert!(n2["spec"].get("unschedulable").is_none());
+    // A no-op patch keeps the resourceVersion.
+    let (_, n3) = patch(
+        &s,
+        "/api/v1/nodes/n1",
+        ADMIN,
+        MP,
+        &json!({"spec": {"unschedulable": null}}),
+    );
+    assert_eq!(rv(&n3), rv(&n2));
+    let (_, n4) = patch(
+        &s,
+        "/api/v1/nodes/n1/status",
+        ADMIN,
+        SMP,
+        &json!({"status": {"conditions": [{"type": "MemoryPressure", "status": "False"}]}}),
+    );
+    assert_eq!(n4["status"]["conditions"].as_array().unwrap().len(), 2);
+    // The main resource ignores status, the status subresource ignores spec.
+    let (_, n5) = patch(
+        &s,
+        "/api/v1/nodes/n1",
+        ADMIN,
+        MP,
+        &json!({"status": {"phase": "x"}}),
+    );
+    assert!(n5["status"].get("phase").is_none());
+    let (_, n6) = patch(
+        &s,
+        "/api/v1/nodes/n1/status",
+        ADMIN,
+        MP,
+        &json!({"spec": {"podCIDR": "x"}}),
+    );
+    assert!(n6["spec"].get("podCIDR").is_none());
+    let (c, n7) = patch(
+        &s,
+        "/api/v1/nodes/n1",
+        ADMIN,
+        JP,
+        &json!([{"op": "add", "path": "/metadata/labels/role", "value": "w"}]),
+    );
+    assert_eq!((c, &n7["metadata"]["labels"]["role"]), (200, &json!("w")));
+    let (c, _) = patch(
+        &s,
+        "/api/v1/nodes/n1",
+        ADMIN,
+        "application/apply-patch+yaml",
+        &json!({}),
+    );
+    assert_eq!(c, 415);
+    let (c, _) = patch(&s, "/api/v1/nodes/zz", ADMIN, MP, &json!({}));
+    assert_eq!(c, 404);
+
+    // Namespaces, events and leases are accepted and stored.
+    let (c, _) = post(
+        &s,
+        "/api/v1/namespaces",
+        ADMIN,
+        &json!({"metadata": {"name": "team"}}),
+    );
+    assert_eq!(c, 201);
+    let (c, _) = post(
+        &s,
+        "/api/v1/namespaces/team/events",
+        ADMIN,
+        &json!({"metadata": {"generateName": "ev."}, "reason": "X", "involvedObject": {"kind": "Node", "name": "n1"}}),
+    );
+    assert_eq!(c, 201);
+    let (c, _) = post(
+        &s,
+        "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases",
+        ADMIN,
+        &json!({"metadata": {"name": "n1"}, "spec": {"holderIdentity": "n1"}}),
+    );
+    assert_eq!(c, 201);
+    // Generic-store deletes answer with a Success Status.
+    let (c, st) = delete(
+        &s,
+        "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/n1",
+        ADMIN,
+        None,
+    );
+    assert_eq!(
+        (c, &st["kind"], &st["status"]),
+        (200, &json!("Status"), &json!("Success"))
+    );
+    assert_eq!(st["details"]["group"], "coordination.k8s.io");
+    let (c, _) = delete(&s, "/api/v1/namespaces/team", ADMIN, None);
+    assert_eq!(c, 200);
+    let (_, l) = get(&s, "/api/v1/namespaces/team/events", ADMIN);
+    assert_eq!(l["items"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn graceful_pod_deletion() {
+    let mut long = pod("default", "long", "n1", "a");
+    long["spec"]["terminationGracePeriodSeconds"] = json!(45);
+    let mut unbound = pod("default", "unbound", "", "a");
+    unbound["spec"].as_object_mut().unwrap().remove("nodeName");
+    let mut done = pod("default", "done", "n1", "a");
+    done["status"]["phase"] = json!("Succeeded");
+    let s = seeded(vec![
+        node("n1"),
+        long,
+        unbound,
+        done,
+        pod("default", "zero", "n1", "a"),
+        pod("default", "opts", "n1", "a"),
+    ]);
+    let base = "/api/v1/namespaces/default/pods";
+
+    let (c, d) = delete(&s, &format!("{base}/long"), ADMIN, None);
+    assert_eq!(c, 200);
+    assert_eq!(d["metadata"]["deletionGracePeriodSeconds"], 45);
+    assert!(d["metadata"]["deletionTimestamp"].is_string());
+    let (c, still) = get(&s, &format!("{base}/long"), ADMIN);
+    assert_eq!(
+        c, 200,
+        "a bound running pod is kept until the kubelet finishes"
+    );
+    assert_eq!(still["metadata"]["deletionGracePeriodSeconds"], 45);
+    // A second delete with a longer grace period changes nothing.
+    let (_, again) = delete(
+        &s,
+        &format!("{base}/long"),
+        ADMIN,
+        Some(&json!({"gracePeriodSeconds": 60})),
+    );
+    assert_eq!(again["metadata"]["deletionGracePeriodSeconds"], 45);
+    // Wrong UID precondition → 409.
+    let (c, e) = delete(
+        &s,
+        &format!("{base}/long"),
+        ADMIN,
+        Some(&json!({"gracePeriodSeconds": 0, "preconditions": {"uid": "nope"}})),
+    );
+    assert_eq!(c, 409);
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("Precondition failed: UID in precondition: nope")
+    );
+    // The kubelet's final delete.
+    let uid = still["metadata"]["uid"].as_str().unwrap();
+    let (c, _) = delete(
+        &s,
+        &format!("{base}/long"),
+        ADMIN,
+        Some(&json!({"gracePeriodSeconds": 0, "preconditions": {"uid": uid}})),
+    );
+    assert_eq!(c, 200);
+    assert_eq!(get(&s, &format!("{base}/long"), ADMIN).0, 404);
+
+    for name in ["unbound", "done"] {
+        let (c, _) = delete(&s, &format!("{base}/{name}"), ADMIN, None);
+        assert_eq!(c, 200);
+        assert_eq!(
+            get(&s, &format!("{base}/{name}"), ADMIN).0,
+            404,
+            "{name} removed at once"
+        );
+    }
+    let (c, _) = delete(
+        &s,
+        &format!("{base}/zero?gracePeriodSeconds=0"),
+        ADMIN,
+        None,
+    );
+    assert_eq!(c, 200);
+    assert_eq!(get(&s, &format!("{base}/zero"), ADMIN).0, 404);
+    let (_, d) = delete(
+        &s,
+        &format!("{base}/opts"),
+        ADMIN,
+        Some(&json!({"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 7})),
+    );
+    assert_eq!(d["metadata"]["deletionGracePeriodSeconds"], 7);
+    assert_eq!(delete(&s, &format!("{base}/missing"), ADMIN, None).0, 404);
+}
+
+fn eviction(name: &str, ns: &str, version: &str, grace: Option<i64>) -> Value {
+    let mut e = json!({"apiVersion": format!("policy/{version}"), "kind": "Eviction",
+        "metadata": {"name": name, "namespace": ns}});
+    if let Some(g) = grace {
+        e["deleteOptions"] = json!({"gracePeriodSeconds": g});
+    }
+    e
+}
+
+#[test]
+fn eviction_404_200_429_and_success() {
+    let s = seeded(vec![
+        node("n1"),
+        pod("default", "a", "n1", "guarded"),
+        pod("default", "b", "n1", "guarded"),
+        pod("default", "free", "n1", "free"),
+        pdb("default", "guard", "guarded", json!({"minAvailable": 1})),
+    ]);
+    let ev = |n: &str| format!("/api/v1/namespaces/default/pods/{n}/eviction");
+    let (c, e) = post(
+        &s,
+        &ev("nope"),
+        ADMIN,
+        &eviction("nope", "default", "v1", None),
+    );
+    assert_eq!((c, e["reason"].as_str()), (404, Some("NotFound")));
+
+    // dryRun=All answers like the real thing and changes nothing.
+    let (c, _) = post(
+        &s,
+        &format!("{}?dryRun=All", ev("free")),
+        ADMIN,
+        &eviction("free", "default", "v1", Some(3)),
+    );
+    assert_eq!(c, 201);
+    let (_, p) = get(&s, "/api/v1/namespaces/default/pods/free", ADMIN);
+    assert!(p["metadata"].get("deletionTimestamp").is_none());
+    let (c, _) = post(
+        &s,
+        "/api/v1/namespaces/default/pods?dryRun=All",
+        ADMIN,
+        &pod("default", "ghost", "n1", "x"),
+    );
+    assert_eq!(c, 201);
+    assert_eq!(
+        get(&s, "/api/v1/namespaces/default/pods/ghost", ADMIN).0,
+        404
+    );
+
+    // No PDB: evicted gracefully with the eviction's DeleteOptions.
+    let (c, st) = post(
+        &s,
+        &ev("free"),
+        ADMIN,
+        &eviction("free", "default", "v1", Some(3)),
+    );
+    assert_eq!(c, 201, "{st}");
+    assert_eq!(
+        st,
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})
+    );
+    let (_, p) = get(&s, "/api/v1/namespaces/default/pods/free", ADMIN);
+    assert_eq!(p["metadata"]["deletionGracePeriodSeconds"], 3);
+    // Already terminating → 200.
+    let (c, _) = post(
+        &s,
+        &ev("free"),
+        ADMIN,
+        &eviction("free", "default", "v1", None),
+    );
+    assert_eq!(c, 200);
+
+    // PDB: 2 healthy, needs 1 → first eviction allowed, second 429 (v1beta1 body).
+    let (c, _) = post(&s, &ev("a"), ADMIN, &eviction("a", "default", "v1", None));
+    assert_eq!(c, 201);
+    let (_, pdbv) = get(
+        &s,
+        "/apis/policy/v1/namespaces/default/poddisruptionbudgets/guard",
+        ADMIN,
+    );
+    assert_eq!(pdbv["status"]["disruptionsAllowed"], 0);
+    assert_eq!(pdbv["status"]["currentHealthy"], 1);
+    let (c, e) = post(
+        &s,
+        &ev("b"),
+        ADMIN,
+        &eviction("b", "default", "v1beta1", None),
+    );
+    assert_eq!(c, 429);
+    assert_eq!(
+        e,
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": "Cannot evict pod as it would violate the pod's disruption budget.",
+            "reason": "TooManyRequests",
+            "details": {"causes": [{"reason": "DisruptionBudget",
+                "message": "The disruption budget guard needs 1 healthy pods and has 1 currently"}]},
+            "code": 429})
+    );
+    assert!(
+        get(&s, "/api/v1/namespaces/default/pods/b", ADMIN).1["metadata"]
+            .get("deletionTimestamp")
+            .is_none()
+    );
+    // Mismatched name → 400.
+    let (c, _) = post(
+        &s,
+        &ev("b"),
+        ADMIN,
+        &eviction("other", "default", "v1", None),
+    );
+    assert_eq!(c, 400);
+    // Once the evicted pod is gone and a replacement is Ready, the budget allows one again.
+    delete(
+        &s,
+        "/api/v1/namespaces/default/pods/a",
+        ADMIN,
+        Some(&json!({"gracePeriodSeconds": 0})),
+    );
+    post(
+        &s,
+        "/api/v1/namespaces/default/pods",
+        ADMIN,
+        &pod("default", "c", "n1", "guarded"),
+    );
+    let (_, p) = patch(
+        &s,
+        "/api/v1/namespaces/default/pods/c/status",
+        ADMIN,
+        SMP,
+        &json!({"status": {
+        "phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}),
+    );
+    assert_eq!(p["status"]["phase"], "Running");
+    let (c, _) = post(&s, &ev("b"), ADMIN, &eviction("b", "default", "v1", None));
+    assert_eq!(c, 201);
+}
+
+#[test]
+fn pdb_status_math_live() {
+    let mut objs = vec![node("n1")];
+    for i in 0..4 {
+        objs.push(pod("default", &format!("w{i}"), "n1", "w"));
+    }
+    let mut unready = pod("default", "w4", "n1", "w");
+    unready["status"]["conditions"][0]["status"] = json!("False");
+    objs.push(unready);
+    objs.push(pdb("default", "int", "w", json!({"minAvailable": 2})));
+    objs.push(pdb("default", "pct", "w", json!({"minAvailable": "50%"})));
+    objs.push(pdb("default", "maxu", "w", json!({"maxUnavailable": 1})));
+    objs.push(pdb(
+        "default",
+        "maxpct",
+        "w",
+        json!({"maxUnavailable": "25%"}),
+    ));
+    let s = seeded(objs);
+    let st = |n: &str| {
+        let (_, v) = get(
+            &s,
+            &format!("/apis/policy/v1/namespaces/default/poddisruptionbudgets/{n}"),
+            ADMIN,
+        );
+        let st = &v["status"];
+        (
+            st["expectedPods"].as_i64().unwrap(),
+            st["currentHealthy"].as_i64().unwrap(),
+            st["desiredHealthy"].as_i64().unwrap(),
+            st["disruptionsAllowed"].as_i64().unwrap(),
+        )
+    };
+    assert_eq!(st("int"), (5, 4, 2, 2));
+    assert_eq!(st("pct"), (5, 4, 3, 1)); // ceil(2.5)
+    assert_eq!(st("maxu"), (5, 4, 4, 0));
+    assert_eq!(st("maxpct"), (5, 4, 3, 1)); // 5 - ceil(1.25)
+    let (_, v) = get(
+        &s,
+        "/apis/policy/v1/namespaces/default/poddisruptionbudgets/int",
+        ADMIN,
+    );
+    assert_eq!(v["status"]["conditions"][0]["type"], "DisruptionAllowed");
+    assert_eq!(v["status"]["conditions"][0]["status"], "True");
+    // A terminating pod no longer counts as healthy.
+    delete(&s, "/api/v1/namespaces/default/pods/w0", ADMIN, None);
+    assert_eq!(st("int"), (5, 3, 2, 1));
+    // v1beta1 reads the same objects.
+    let (c, l) = get(
+        &s,
+        "/apis/policy/v1beta1/namespaces/default/poddisruptionbudgets",
+        ADMIN,
+    );
+    assert_eq!(c, 200);
+    assert_eq!(l["apiVersion"], "policy/v1beta1");
+    assert_eq!(l["items"].as_array().unwrap().len(), 4);
+    // More than one PDB matching a pod is refused by the eviction API.
+    let (c, _) = post(
+        &s,
+        "/api/v1/namespaces/default/pods/w4/eviction",
+        ADMIN,
+        &eviction("w4", "default", "v1", None),
+    );
+    assert_eq!(c, 500, "four PDBs match: the eviction API refuses");
+}
+
+#[test]
+fn watch_events_resume_and_filters() {
+    let s = seeded(vec![
+        node("n1"),
+        node("n2"),
+        pod("default", "p1", "n1", "a"),
+    ]);
+    let (_, list) = get(&s, "/api/v1/pods", ADMIN);
+    let list_rv = rv(&list);
+
+    let mut w = Watch::open(
+        &s,
+        "/api/v1/namespaces/default/pods?watch=true&timeoutSeconds=5",
+        ADMIN,
+    );
+    assert_eq!(
+        w.next_kind(),
+        ("ADDED".into(), "p1".into()),
+        "initial state without resourceVersion"
+    );
+    let mut wf = Watch::open(
+        &s,
+        &format!(
+            "/api/v1/pods?watch=1&resourceVersion={list_rv}&fieldSelector=spec.nodeName%3Dn1&timeoutSeconds=5"
+        ),
+        ADMIN,
+    );
+
+    post(
+        &s,
+        "/api/v1/namespaces/default/pods",
+        ADMIN,
+        &pod("default", "p2", "n2", "a"),
+    );
+    assert_eq!(w.next_kind(), ("ADDED".into(), "p2".into()));
+    patch(
+        &s,
+        "/api/v1/namespaces/default/pods/p1",
+        ADMIN,
+        MP,
+        &json!({"metadata": {"labels": {"x": "y"}}}),
+    );
+    let e = w.next().unwrap();
+    assert_eq!(e["type"], "MODIFIED");
+    assert_eq!(e["object"]["metadata"]["labels"]["x"], "y");
+    assert_eq!(e["object"]["kind"], "Pod");
+    delete(&s, "/api/v1/namespaces/default/pods/p2", ADMIN, None);
+    assert_eq!(
+        w.next_kind(),
+        ("MODIFIED".into(), "p2".into()),
+        "graceful delete is a MODIFIED"
+    );
+    delete(
+        &s,
+        "/api/v1/namespaces/default/pods/p2",
+        ADMIN,
+        Some(&json!({"gracePeriodSeconds": 0})),
+    );
+    assert_eq!(w.next_kind(), ("DELETED".into(), "p2".into()));
+    // The field-selected watch only saw p1.
+    assert_eq!(wf.next_kind(), ("MODIFIED".into(), "p1".into()));
+
+    // Resume from a resourceVersion replays history.
+    let mut wr = Watch::open(
+        &s,
+        &format!(
+            "/api/v1/namespaces/default/pods?watch=true&resourceVersion={list_rv}&timeoutSeconds=1"
+        ),
+        ADMIN,
+    );
+    let kinds: Vec<(String, String)> = std::iter::from_fn(|| wr.next())
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap().to_string(),
+                e["object"]["metadata"]["name"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("ADDED".into(), "p2".into()),
+            ("MODIFIED".into(), "p1".into()),
+            ("MODIFIED".into(), "p2".into()),
+            ("DELETED".into(), "p2".into())
+        ]
+    );
+    // timeoutSeconds ended that stream (the collect above returned).
+
+    // sendInitialEvents ends the initial list with an annotated BOOKMARK.
+    let mut wi = Watch::open(
+        &s,
+        "/api/v1/nodes?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=2",
+        ADMIN,
+    );
+    assert_eq!(wi.next_kind().0, "ADDED");
+    assert_eq!(wi.next_kind().0, "ADDED");
+    let b = wi.next().unwrap();
+    assert_eq!(b["type"], "BOOKMARK");
+    assert_eq!(
+        b["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"],
+        "true"
+    );
+
+    // A pod moving onto n1 enters a field-selected watch as ADDED.
+    let (_, l) = get(&s, "/api/v1/pods", ADMIN);
+    let mut wm = Watch::open(
+        &s,
+        &format!(
+            "/api/v1/watch/pods?resourceVersion={}&fieldSelector=spec.nodeName%3Dn1&timeoutSeconds=5",
+            rv(&l)
+        ),
+        ADMIN,
+    );
+    let mut p3 = pod("default", "p3", "", "a");
+    p3["spec"].as_object_mut().unwrap().remove("nodeName");
+    post(&s, "/api/v1/namespaces/default/pods", ADMIN, &p3);
+    patch(
+        &s,
+        "/api/v1/namespaces/default/pods/p3",
+        ADMIN,
+        MP,
+        &json!({"spec": {"nodeName": "n1"}}),
+    );
+    assert_eq!(wm.next_kind(), ("ADDED".into(), "p3".into()));
+
+    // Bad resourceVersion → 400.
+    let r = request(
+        &s,
+        "GET",
+        "/api/v1/pods?watch=true&resourceVersion=abc",
+        Some(ADMIN),
+        "application/json",
+        b"",
+    );
+    assert_eq!(r.code, 400);
+}
+
+#[test]
+fn node_identity_authorization() {
+    let mut mine = pod("default", "mine", "n1", "a");
+    mine["metadata"]["labels"]["keep"] = json!("1");
+    let s = seeded(vec![
+        node("n1"),
+        node("n2"),
+        mine,
+        pod("default", "theirs", "n2", "a"),
+        pod("default", "mine2", "n1", "a"),
+    ]);
+    // Reads.
+    assert_eq!(get(&s, "/api/v1/nodes", NODE1).0, 200);
+    assert_eq!(
+        get(&s, "/api/v1/pods?fieldSelector=spec.nodeName%3Dn1", NODE1).0,
+        200
+    );
+    // Own node: cordon via strategic merge patch and status patch are fine.
+    let (c, n) = patch(
+        &s,
+        "/api/v1/nodes/n1",
+        NODE1,
+        SMP,
+        &json!({"spec": {"unschedulable": true}}),
+    );
+    assert_eq!(c, 200, "{n}");
+    assert_eq!(n["spec"]["unschedulable"], true);
+    let (c, _) = patch(
+        &s,
+        "/api/v1/nodes/n1/status",
+        NODE1,
+        SMP,
+        &json!({"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}]}}),
+    );
+    assert_eq!(c, 200);
+    // Taints: 403.
+    let (c, e) = patch(
+        &s,
+        "/api/v1/nodes/n1",
+        NODE1,
+        MP,
+        &json!({"spec": {"taints": null}}),
+    );
+    assert_eq!(c, 403);
+    assert_eq!(e["reason"], "Forbidden");
+    assert_eq!(
+        e["message"],
+        "nodes \"n1\" is forbidden: node \"n1\" is not allowed to modify taints"
+    );
+    assert_eq!(e["details"], json!({"name": "n1", "kind": "nodes"}));
+    // Other node: 403.
+    let (c, e) = patch(
+        &s,
+        "/api/v1/nodes/n2",
+        NODE1,
+        SMP,
+        &json!({"spec": {"unschedulable": true}}),
+    );
+    assert_eq!(c, 403);
+    assert_eq!(
+        e["message"],
+        "nodes \"n2\" is forbidden: node \"n1\" is not allowed to modify node \"n2\""
+    );
+    // Restricted labels: 403.
+    let (c, e) = patch(
+        &s,
+        "/api/v1/nodes/n1",
+        NODE1,
+        MP,
+        &json!({"metadata": {"labels": {"node-role.kubernetes.io/master": ""}}}),
+    );
+    assert_eq!(c, 403);
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("is not allowed to modify labels: node-role.kubernetes.io/master")
+    );
+    // Delete a node: not granted at all.
+    let (c, e) = delete(&s, "/api/v1/nodes/n1", NODE1, None);
+    assert_eq!(c, 403);
+    assert_eq!(
+        e["message"],
+        "nodes \"n1\" is forbidden: User \"system:node:n1\" cannot delete resource \"nodes\" in API group \"\" at the cluster scope"
+    );
+
+    // Evictions: own pod yes, another node's pod no.
+    let ev = |n: &str| format!("/api/v1/namespaces/default/pods/{n}/eviction");
+    let (c, e) = post(
+        &s,
+        &ev("theirs"),
+        NODE1,
+        &eviction("theirs", "default", "v1", None),
+    );
+    assert_eq!(c, 403);
+    assert_eq!(
+        e["message"],
+        "pods \"theirs\" is forbidden: node n1 can only evict pods with spec.nodeName set to itself"
+    );
+    let (c, _) = post(
+        &s,
+        &ev("mine"),
+        NODE1,
+        &eviction("mine", "default", "v1", Some(5)),
+    );
+    assert_eq!(c, 201);
+    // Pod status: own only, no label changes.
+    let (c, e) = patch(
+        &s,
+        "/api/v1/namespaces/default/pods/theirs/status",
+        NODE1,
+        SMP,
+        &json!({"status": {"phase": "Failed"}}),
+    );
+    assert_eq!(c, 403);
+    assert_eq!(
+        e["message"],
+        "pods \"theirs\" is forbidden: node \"n1\" can only update pod status for pods with spec.nodeName set to itself"
+    );
+    let (c, _) = patch(
+        &s,
+        "/api/v1/namespaces/default/pods/mine2/status",
+        NODE1,
+        SMP,
+        &json!({"status": {"phase": "Running"}}),
+    );
+    assert_eq!(c, 200);
+    let (c, _) = patch(
+        &s,
+        "/api/v1/namespaces/default/pods/mine2/status",
+        NODE1,
+        MP,
+        &json!({"metadata": {"labels": {"x": "y"}}}),
+    );
+    assert_eq!(c, 403);
+    // Pod spec updates are not granted to nodes.
+    let (c, e) = patch(
+        &s,
+        "/api/v1/namespaces/default/pods/mine2",
+        NODE1,
+        MP,
+        &json!({"metadata": {"labels": {"x": "y"}}}),
+    );
+    assert_eq!(c, 403);
+    assert_eq!(
+        e["message"],
+        "pods \"mine2\" is forbidden: User \"system:node:n1\" cannot patch resource \"pods\" in API group \"\" in the namespace \"default\""
+    );
+    // Deletes: own pods only.
+    let (c, e) = delete(
+        &s,
+        "/api/v1/namespaces/default/pods/theirs",
+        NODE1,
+        Some(&json!({"gracePeriodSeconds": 0})),
+    );
+    assert_eq!(c, 403);
+    assert_eq!(
+        e["message"],
+        "pods \"theirs\" is forbidden: node \"n1\" can only delete pods with spec.nodeName set to itself"
+    );
+    let (c, _) = delete(
+        &s,
+        "/api/v1/namespaces/default/pods/mine",
+        NODE1,
+        Some(&json!({"gracePeriodSeconds": 0})),
+    );
+    assert_eq!(c, 200);
+    // Creating pods: mirror pods bound to itself only.
+    let mut plain = pod("default", "plain", "n1", "a");
+    let (c, e) = post(&s, "/api/v1/namespaces/default/pods", NODE1, &plain);
+    assert_eq!(c, 403);
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("can only create mirror pods")
+    );
+    plain["metadata"]["annotations"] = json!({"kubernetes.io/config.mirror": "hash"});
+    plain["spec"]["nodeName"] = json!("n2");
+    let (c, _) = post(&s, "/api/v1/namespaces/default/pods", NODE1, &plain);
+    assert_eq!(c, 403);
+    let (_, n1) = get(&s, "/api/v1/nodes/n1", ADMIN);
+    plain["spec"]["nodeName"] = json!("n1");
+    plain["metadata"]["ownerReferences"] = json!([{"apiVersion": "v1", "kind": "Node", "name": "n1",
+        "uid": n1["metadata"]["uid"], "controller": true}]);
+    let (c, e) = post(&s, "/api/v1/namespaces/default/pods", NODE1, &plain);
+    assert_eq!(c, 201, "{e}");
+    // Other resources: forbidden.
+    let (c, e) = get(&s, "/apis/apps/v1/namespaces/default/daemonsets/x", NODE1);
+    assert_eq!(c, 403);
+    assert_eq!(
+        e["details"],
+        json!({"name": "x", "group": "apps", "kind": "daemonsets"})
+    );
+    // Own lease in kube-node-lease only.
+    let (c, _) = post(
+        &s,
+        "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases",
+        NODE1,
+        &json!({"metadata": {"name": "n1"}}),
+    );
+    assert_eq!(c, 201);
+    let (c, _) = put(
+        &s,
+        "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/n2",
+        NODE1,
+        &json!({"metadata": {"name": "n2"}}),
+    );
+    assert_eq!(c, 403);
+}
+
+#[test]
+fn rbac_allow_and_deny() {
+    let s = seeded(vec![
+        node("n1"),
+        pod("default", "p", "n1", "a"),
+        pod("other", "q", "n1", "a"),
+    ]);
+    let (c, e) = get(&s, "/api/v1/pods", BOB);
+    assert_eq!(c, 403);
+    assert_eq!(
+        e["message"],
+        "pods is forbidden: User \"bob\" cannot list resource \"pods\" in API group \"\" at the cluster scope"
+    );
+    post(
+        &s,
+        "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+        ADMIN,
+        &json!({
+        "metadata": {"name": "drainer"},
+        "rules": [
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
+            {"apiGroups": [""], "resources": ["pods/eviction"], "verbs": ["create"]},
+            {"apiGroups": [""], "resources": ["nodes"], "verbs": ["patch"], "resourceNames": ["n1"]},
+            {"nonResourceURLs": ["/metrics"], "verbs": ["get"]}]}),
+    );
+    let (c, _) = post(
+        &s,
+        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+        ADMIN,
+        &json!({
+        "metadata": {"name": "devs-drain"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "drainer"},
+        "subjects": [{"kind": "Group", "name": "devs", "apiGroup": "rbac.authorization.k8s.io"}]}),
+    );
+    assert_eq!(c, 201);
+    assert_eq!(get(&s, "/api/v1/pods", BOB).0, 200);
+    let (c, _) = post(
+        &s,
+        "/api/v1/namespaces/default/pods/p/eviction",
+        BOB,
+        &eviction("p", "default", "v1", None),
+    );
+    assert_eq!(c, 201);
+    let (c, e) = delete(&s, "/api/v1/namespaces/other/pods/q", BOB, None);
+    assert_eq!(c, 403);
+    assert_eq!(
+        e["message"],
+        "pods \"q\" is forbidden: User \"bob\" cannot delete resource \"pods\" in API group \"\" in the namespace \"other\""
+    );
+    assert_eq!(
+        patch(
+            &s,
+            "/api/v1/nodes/n1",
+            BOB,
+            SMP,
+            &json!({"spec": {"unschedulable": true}})
+        )
+        .0,
+        200
+    );
+    assert_eq!(patch(&s, "/api/v1/nodes/n2", BOB, SMP, &json!({})).0, 403);
+    let (c, e) = patch(
+        &s,
+        "/api/v1/namespaces/default/pods/p/status",
+        BOB,
+        SMP,
+        &json!({}),
+    );
+    assert_eq!(c, 403);
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot patch resource \"pods/status\"")
+    );
+    // Namespaced RoleBinding to a Role, for a User subject.
+    post(
+        &s,
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/other/roles",
+        ADMIN,
+        &json!({
+        "metadata": {"name": "deleter"},
+        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["delete"]}]}),
+    );
+    post(
+        &s,
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/other/rolebindings",
+        ADMIN,
+        &json!({
+        "metadata": {"name": "bob-deleter"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "deleter"},
+        "subjects": [{"kind": "User", "name": "bob"}]}),
+    );
+    assert_eq!(
+        delete(&s, "/api/v1/namespaces/other/pods/q", BOB, None).0,
+        200
+    );
+    assert_eq!(
+        delete(&s, "/api/v1/namespaces/default/pods/p", BOB, None).0,
+        403
+    );
+    // Nodes can be granted more through RBAC too, and admins are unaffected.
+    assert_eq!(
+        get(&s, "/apis/rbac.authorization.k8s.io/v1/clusterroles", BOB).0,
+        403
+    );
+    assert_eq!(
+        get(&s, "/apis/rbac.authorization.k8s.io/v1/clusterroles", ADMIN).0,
+        200
+    );
+}
+
+#[test]
+fn seed_errors_and_no_auth_mode() {
+    let s = start(Opts {
+        tokens: false,
+        seed: Some(json!([node("n1")])),
+        ..Opts::default()
+    });
+    let r = request(&s, "GET", "/api/v1/nodes/n1", None, "application/json", b"");
+    assert_eq!(r.code, 200, "without --token-auth-file everyone is admin");
+    let dir = TempDir::new("badseed");
+    let bad = dir.write(
+        "seed.json",
+        r#"[{"apiVersion":"v9","kind":"Nope","metadata":{"name":"x"}}]"#,
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fake-apiserver"))
+        .arg("--seed")
+        .arg(bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unsupported apiVersion/kind"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fake-apiserver"))
+        .args(["--listen", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "non-loopback listen is refused");
+}
+
+#[test]
+fn fault_file_and_port_file() {
+    let dir = TempDir::new("fault");
+    let fault = dir.path("fault");
+    let portf = dir.path("port");
+    let extra = [
+        "--fault-file",
+        fault.to_str().unwrap(),
+        "--port-file",
+        portf.to_str().unwrap(),
+        "--latency-ms",
+        "30",
+    ];
+    let s = start(Opts {
+        extra: &extra,
+        ..Opts::default()
+    });
+    assert_eq!(
+        std::fs::read_to_string(&portf).unwrap().trim(),
+        s.port.to_string()
+    );
+    let t = std::time::Instant::now();
+    assert_eq!(get(&s, "/api/v1/nodes", ADMIN).0, 200);
+    assert!(
+        t.elapsed() >= std::time::Duration::from_millis(30),
+        "latency applied"
+    );
+    std::fs::write(&fault, "forbidden\n").unwrap();
+    let (c, e) = get(&s, "/api/v1/nodes", ADMIN);
+    assert_eq!((c, e["reason"].as_str()), (403, Some("Forbidden")));
+    std::fs::write(&fault, "unavailable").unwrap();
+    assert_eq!(get(&s, "/api/v1/nodes", ADMIN).0, 503);
+    std::fs::write(&fault, "down").unwrap();
+    assert!(
+        try_request(
+            &s,
+            "GET",
+            "/api/v1/nodes",
+            Some(ADMIN),
+            "application/json",
+            b""
+        )
+        .is_err()
+    );
+    std::fs::remove_file(&fault).unwrap();
+    assert_eq!(get(&s, "/api/v1/nodes", ADMIN).0, 200);
+    // A running watch is cut when the server goes down.
+    let mut w = Watch::open(&s, "/api/v1/nodes?watch=true&resourceVersion=0", ADMIN);
+    std::fs::write(&fault, "down").unwrap();
+    assert!(w.next().is_none());
+    std::fs::remove_file(&fault).unwrap();
+}
+
+#[test]
+fn watch_too_old_resource_version_is_410() {
+    let s = start(Opts {
+        extra: &["--watch-history", "2"],
+        seed: Some(json!([node("n1")])),
+        ..Opts::default()
+    });
+    let (_, n) = get(&s, "/api/v1/nodes/n1", ADMIN);
+    let old = rv(&n);
+    for i in 0..4 {
+        patch(
+            &s,
+            "/api/v1/nodes/n1",
+            ADMIN,
+            MP,
+            &json!({"metadata": {"labels": {"i": i.to_string()}}}),
+        );
+    }
+    let mut w = Watch::open(
+        &s,
+        &format!("/api/v1/nodes?watch=true&resourceVersion={old}"),
+        ADMIN,
+    );
+    let e = w.next().unwrap();
+    assert_eq!(e["type"], "ERROR");
+    assert_eq!(e["object"]["code"], 410);
+    assert_eq!(e["object"]["reason"], "Expired");
+    assert!(w.next().is_none(), "the stream ends after the error");
+    // Recent enough: replayed.
+    let mut w = Watch::open(
+        &s,
+        &format!(
+            "/api/v1/nodes?watch=true&resourceVersion={}&timeoutSeconds=1",
+            old + 3
+        ),
+        ADMIN,
+    );
+    assert_eq!(w.next_kind(), ("MODIFIED".into(), "n1".into()));
+}
