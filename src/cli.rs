@@ -154,6 +154,9 @@ pub struct RunArgs {
     /// Seconds from SIGTERM until the agent has stopped kubelet and exited; keep it below Marathon's taskKillGracePeriodSeconds.
     #[arg(long, env = "KRW_DRAIN_TIMEOUT", value_name = "SECONDS", default_value = "25", value_parser = parse_seconds)]
     pub drain_timeout: Duration,
+    /// How often `run` reads its Node from the API (Ready condition for /healthz, uncordon, allocatable check).
+    #[arg(long, env = "KRW_NODE_CHECK_INTERVAL", value_name = "SECONDS", default_value = "5", value_parser = parse_seconds)]
+    pub node_check_interval: Duration,
     /// On task kill, leave pods that use emptyDir volumes (kubectl drain without --delete-emptydir-data).
     #[arg(long, env = "KRW_DRAIN_SKIP_EMPTYDIR")]
     pub drain_skip_emptydir: bool,

@@ -12,14 +12,13 @@ use crate::metrics::Metrics;
 use crate::reservation::Resources;
 use crate::taskkill::ApiTarget;
 
-/// How often the node is read.
-pub const INTERVAL: Duration = Duration::from_secs(5);
 /// A Ready heartbeat older than this makes the node count as not ready.
 pub const HEARTBEAT_STALE_AFTER: Duration = Duration::from_secs(60);
 
 /// Watches the node until the task is dropped.
 pub async fn run(
     target: ApiTarget,
+    interval: Duration,
     lease: Resources,
     health: Arc<SharedHealth>,
     metrics: Arc<Metrics>,
@@ -29,7 +28,7 @@ pub async fn run(
     let mut uncordon_done = false;
     let mut last_mismatch: Option<Resources> = None;
     let mut warned_unreachable = false;
-    let mut ticker = tokio::time::interval(INTERVAL);
+    let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(100)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;

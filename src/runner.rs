@@ -60,6 +60,7 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
                 let lease = agent.setup.reservation.allocatable;
                 Some(tokio::spawn(node_watch::run(
                     target,
+                    agent.args.node_check_interval,
                     lease,
                     agent.health.clone(),
                     agent.metrics.clone(),

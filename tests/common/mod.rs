@@ -288,6 +288,16 @@ pub fn http(method: &str, port: u16, path: &str) -> Option<(u16, String)> {
 /// paths, a free health port and fast timings. The rest of the app (constraints, upgrade
 /// strategy, kill grace) is the real file's.
 pub fn test_app(scratch: &Scratch, health_port: u16, extra_env: &[(&str, &str)]) -> Value {
+    test_app_with(scratch, health_port, extra_env, &[])
+}
+
+/// [`test_app`] with extra kubelet arguments in the kubelet arguments file.
+pub fn test_app_with(
+    scratch: &Scratch,
+    health_port: u16,
+    extra_env: &[(&str, &str)],
+    kubelet_args: &[String],
+) -> Value {
     let text = std::fs::read_to_string(repo().join("marathon/kubelet-resource-wrapper.json"))
         .expect("marathon app json");
     let mut app: Value = serde_json::from_str(&text).expect("app json");
@@ -297,8 +307,9 @@ pub fn test_app(scratch: &Scratch, health_port: u16, extra_env: &[(&str, &str)])
     std::fs::write(
         &args_file,
         format!(
-            "# kubelet's own arguments\n{}\n",
-            scratch.kubelet_args().join("\n")
+            "# kubelet's own arguments\n{}\n{}\n",
+            scratch.kubelet_args().join("\n"),
+            kubelet_args.join("\n")
         ),
     )
     .expect("kubelet args file");
@@ -322,6 +333,7 @@ pub fn test_app(scratch: &Scratch, health_port: u16, extra_env: &[(&str, &str)])
         ("KRW_LOG_FORMAT", "json".into()),
         ("KRW_DRAIN_TIMEOUT", "3".into()),
         ("KRW_STOP_TIMEOUT", "1".into()),
+        ("KRW_NODE_CHECK_INTERVAL", "0.5".into()),
         (
             "FAKE_KUBELET_HOST_ROOT",
             scratch.host_root().display().to_string(),
@@ -427,5 +439,155 @@ impl Emulator {
     /// Asks Mesos to kill the task (SIGTERM to the emulator).
     pub fn kill_task(&self) {
         self.guard.signal(libc::SIGTERM);
+    }
+}
+
+/// A JSON request to the fake kube-apiserver (plain HTTP on loopback, bearer token).
+pub fn api(port: u16, method: &str, path: &str, token: &str, body: Option<&Value>) -> (u16, Value) {
+    let payload = body.map(|b| b.to_string()).unwrap_or_default();
+    let content_type = if method == "PATCH" {
+        "application/merge-patch+json"
+    } else {
+        "application/json"
+    };
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect apiserver");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nAccept: application/json\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
+        payload.len()
+    )
+    .expect("send");
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// The fake kube-apiserver on an ephemeral port with a token file: `admin` (system:masters) and
+/// `node-<name>` (system:node:<name>, system:nodes).
+pub struct ApiServer {
+    pub guard: Guard,
+    pub port: u16,
+    pub fault_file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+pub const ADMIN: &str = "admin-token";
+
+impl ApiServer {
+    pub fn start(node: &str) -> ApiServer {
+        let dir = tempfile::tempdir().expect("tmp");
+        let tokens = dir.path().join("tokens.csv");
+        std::fs::write(
+            &tokens,
+            format!(
+                "{ADMIN},admin,1,\"system:masters\"\nnode-token,system:node:{node},2,\"system:nodes\"\n"
+            ),
+        )
+        .expect("tokens");
+        let port_file = dir.path().join("port");
+        let fault_file = dir.path().join("fault");
+        let child = Command::new(double("fake-apiserver"))
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--port-file")
+            .arg(&port_file)
+            .arg("--token-auth-file")
+            .arg(&tokens)
+            .arg("--fault-file")
+            .arg(&fault_file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("fake apiserver");
+        let guard = Guard {
+            child,
+            extra: Vec::new(),
+        };
+        assert!(wait_until(Duration::from_secs(10), || {
+            std::fs::read_to_string(&port_file).is_ok_and(|t| t.trim().parse::<u16>().is_ok())
+        }));
+        let port = std::fs::read_to_string(&port_file)
+            .expect("port")
+            .trim()
+            .parse()
+            .expect("port number");
+        ApiServer {
+            guard,
+            port,
+            fault_file,
+            _dir: dir,
+        }
+    }
+
+    /// A kubeconfig (JSON is valid YAML) for the node identity.
+    pub fn node_kubeconfig(&self, path: &Path) {
+        let kc = json!({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": "fake", "cluster": {"server": format!("http://127.0.0.1:{}", self.port)}}],
+            "users": [{"name": "node", "user": {"token": "node-token"}}],
+            "contexts": [{"name": "node@fake", "context": {"cluster": "fake", "user": "node"}}],
+            "current-context": "node@fake"
+        });
+        std::fs::write(path, kc.to_string()).expect("kubeconfig");
+    }
+
+    pub fn admin(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        api(self.port, method, path, ADMIN, body)
+    }
+
+    /// Pods bound to `node` as (name, phase, terminating).
+    pub fn pods_on(&self, node: &str) -> Vec<(String, String, bool)> {
+        let (_, list) = self.admin(
+            "GET",
+            &format!("/api/v1/pods?fieldSelector=spec.nodeName%3D{node}"),
+            None,
+        );
+        list["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|p| {
+                (
+                    p["metadata"]["name"].as_str().unwrap_or("").to_string(),
+                    p["status"]["phase"].as_str().unwrap_or("").to_string(),
+                    p["metadata"]["deletionTimestamp"].is_string(),
+                )
+            })
+            .collect()
     }
 }
