@@ -334,3 +334,73 @@ fn node_allocatable_that_differs_from_the_lease_is_logged_and_exported() {
     emu.kill_task();
     emu.wait_for(Duration::from_secs(15), |v| v["event"] == "destroyed");
 }
+
+/// The least-privilege identity the Ansible role's RBAC manifest grants (kept in step with
+/// `ansible/roles/kubelet_resource_wrapper/templates/rbac.yaml.j2` by `scripts/check_rbac.py`).
+fn least_privilege_role() -> Value {
+    json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+    "metadata": {"name": "kubelet-resource-wrapper-drain"},
+    "rules": [
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["pods/eviction"], "verbs": ["create"]}
+    ]})
+}
+
+#[test]
+fn a_dedicated_identity_with_only_the_shipped_rbac_can_drain() {
+    let c = Cluster::new();
+    assert_eq!(
+        c.api
+            .admin(
+                "POST",
+                "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+                Some(&least_privilege_role())
+            )
+            .0,
+        201
+    );
+    let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "kubelet-resource-wrapper-drain"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "kubelet-resource-wrapper-drain"},
+        "subjects": [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": "drainer"}]});
+    assert_eq!(
+        c.api
+            .admin(
+                "POST",
+                "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+                Some(&binding)
+            )
+            .0,
+        201
+    );
+    let kubeconfig = c.scratch.path("drainer.kubeconfig");
+    std::fs::write(&kubeconfig, json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "fake", "cluster": {"server": format!("http://127.0.0.1:{}", c.api.port)}}],
+        "users": [{"name": "drainer", "user": {"token": "drainer-token"}}],
+        "contexts": [{"name": "d", "context": {"cluster": "fake", "user": "drainer"}}],
+        "current-context": "d"
+    }).to_string()).expect("kubeconfig");
+    let port = free_port();
+    let kc = kubeconfig.display().to_string();
+    let mut emu = c.launch(port, &[("KRW_KUBECONFIG", kc.as_str())], "6");
+    assert!(
+        emu.wait_health(true, Duration::from_secs(25)),
+        "{}",
+        emu.task_stderr()
+    );
+    for i in 0..3 {
+        c.create_pod(&format!("web-{i}"), Some("ReplicaSet"), true, json!({}));
+    }
+    c.wait_running(3);
+    emu.kill_task();
+    let terminal = emu
+        .wait_for(Duration::from_secs(15), |v| v["event"] == "terminal")
+        .expect("terminal");
+    assert_eq!(terminal["exit_code"], 0, "{}", emu.task_stderr());
+    let log = emu.task_stderr();
+    assert_eq!(summary(&log)["mode"], "api-drain", "{log}");
+    assert!(c.api.pods_on(NODE).is_empty());
+    assert_eq!(c.node()["spec"]["unschedulable"], true);
+}

@@ -513,7 +513,7 @@ impl ApiServer {
         std::fs::write(
             &tokens,
             format!(
-                "{ADMIN},admin,1,\"system:masters\"\nnode-token,system:node:{node},2,\"system:nodes\"\n"
+                "{ADMIN},admin,1,\"system:masters\"\nnode-token,system:node:{node},2,\"system:nodes\"\ndrainer-token,drainer,3\n"
             ),
         )
         .expect("tokens");
