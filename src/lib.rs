@@ -9,6 +9,7 @@ pub mod backoff;
 pub mod capacity;
 pub mod cli;
 pub mod drain;
+pub mod envfile;
 pub mod exit;
 pub mod health;
 pub mod http;

@@ -8,9 +8,13 @@ use clap::Parser;
 use kubelet_resource_wrapper::cli::{Cli, Command, LogFormat, OutputFormat, PlanArgs};
 use kubelet_resource_wrapper::exit::{ExitStatus, Failure};
 use kubelet_resource_wrapper::setup::{self, LeaseMode};
-use kubelet_resource_wrapper::{logging, marathon, report, runner};
+use kubelet_resource_wrapper::{envfile, logging, marathon, report, runner};
 
 fn main() -> ExitCode {
+    if let Err(message) = load_settings_file() {
+        let _ = writeln!(std::io::stderr(), "kubelet-resource-wrapper: {message}");
+        return ExitCode::from(ExitStatus::Config.code());
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -95,4 +99,18 @@ fn one_line(rendered: &str) -> String {
         .collect::<Vec<_>>()
         .join(" ")
         + " (see --help)"
+}
+
+/// Fills unset `KRW_*` variables from the host's settings file (see `envfile`), before the
+/// command line is parsed so that every option sees them.
+fn load_settings_file() -> Result<(), String> {
+    let path = std::env::var_os("KRW_ENV_FILE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| envfile::DEFAULT_PATH.into());
+    let vars = envfile::missing_vars(&path, |k| std::env::var_os(k).is_some())?;
+    for (key, value) in vars {
+        // SAFETY: called first thing in main, before any other thread exists.
+        unsafe { std::env::set_var(key, value) };
+    }
+    Ok(())
 }

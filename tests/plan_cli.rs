@@ -296,6 +296,7 @@ fn kubelet_double_allocatable(root: &str, plan: &Value) -> Value {
     let guard = Guard {
         child,
         extra: Vec::new(),
+        log: None,
     };
     let status_file = state.path().join("fake-kubelet/status.json");
     assert!(wait_until(Duration::from_secs(5), || status_file.exists()));

@@ -197,6 +197,8 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 pub struct Guard {
     pub child: Child,
     pub extra: Vec<i32>,
+    /// Where its stderr goes (a file, so a chatty child can never block on a full pipe).
+    pub log: Option<tempfile::NamedTempFile>,
 }
 
 impl Guard {
@@ -219,12 +221,12 @@ impl Guard {
     pub fn signal(&self, sig: i32) {
         kill_pid(self.pid(), sig);
     }
-    pub fn stderr_text(&mut self) -> String {
-        let mut s = String::new();
-        if let Some(err) = self.child.stderr.as_mut() {
-            let _ = err.read_to_string(&mut s);
-        }
-        s
+    /// Everything the child wrote to stderr so far.
+    pub fn stderr_text(&self) -> String {
+        self.log
+            .as_ref()
+            .and_then(|f| std::fs::read_to_string(f.path()).ok())
+            .unwrap_or_default()
     }
 }
 
@@ -250,21 +252,23 @@ pub fn agent(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     cmd.output().expect("run agent")
 }
 
-/// Starts the agent in the background (stderr captured).
+/// Starts the agent in the background (stderr, its and kubelet's, captured in a file).
 pub fn spawn_agent(args: &[String], env: &[(&str, String)]) -> Guard {
+    let log = tempfile::NamedTempFile::new().expect("log file");
     let mut cmd = Command::new(AGENT);
     cmd.args(args)
         .env_clear()
         .env("PATH", "/usr/bin:/bin")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .stderr(log.reopen().expect("log file"));
     for (k, v) in env {
         cmd.env(k, v);
     }
     Guard {
         child: cmd.spawn().expect("spawn agent"),
         extra: Vec::new(),
+        log: Some(log),
     }
 }
 
@@ -398,6 +402,7 @@ impl Emulator {
             guard: Guard {
                 child,
                 extra: Vec::new(),
+                log: None,
             },
             events: rx,
             seen: VecDeque::new(),
@@ -536,6 +541,7 @@ impl ApiServer {
         let guard = Guard {
             child,
             extra: Vec::new(),
+            log: None,
         };
         assert!(wait_until(Duration::from_secs(10), || {
             std::fs::read_to_string(&port_file).is_ok_and(|t| t.trim().parse::<u16>().is_ok())

@@ -1,0 +1,295 @@
+//! Drain benchmark (issue: API drain): 100 pods with grace periods 0–5 s and one
+//! PodDisruptionBudget on one node of the fake kube-apiserver. The agent's drain (the library
+//! function `run` calls on SIGTERM) against the real `kubectl drain`, on the same server with
+//! the same emulated kubelet, alternating, several rounds. Prints wall times and the ratio.
+//!
+//! `cargo bench --bench drain` (needs kubectl: `scripts/test.sh` installs it into .venv-tools).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Guard, api, wait_until};
+use kubelet_resource_wrapper::drain::{self, DrainOptions};
+use serde_json::json;
+
+const NODE: &str = "bench-node";
+const PODS: usize = 100;
+const ROUNDS: usize = 3;
+
+/// A double built in this (release) profile, building it first if needed.
+fn double(name: &str, package: &str) -> PathBuf {
+    let dir = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().and_then(Path::parent).map(Path::to_path_buf))
+        .expect("target dir");
+    let path = dir.join(name);
+    if !path.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--release", "-p", package])
+            .status()
+            .expect("cargo build");
+        assert!(status.success(), "cannot build {package}");
+    }
+    path
+}
+
+fn kubectl() -> PathBuf {
+    std::env::var_os("KRW_KUBECTL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-tools/bin/kubectl"))
+}
+
+struct Server {
+    _guard: Guard,
+    port: u16,
+    _dir: tempfile::TempDir,
+    kubeconfig: PathBuf,
+}
+
+fn start_server() -> Server {
+    let dir = tempfile::tempdir().expect("tmp");
+    let port_file = dir.path().join("port");
+    // No token file: every request is served as an administrator, so kubectl works over plain
+    // HTTP (client-go sends credentials only over TLS) and both clients see the same server.
+    let child = Command::new(double("fake-apiserver", "fake-apiserver"))
+        .args(["--listen", "127.0.0.1:0", "--port-file"])
+        .arg(&port_file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("fake apiserver");
+    let guard = Guard {
+        child,
+        extra: Vec::new(),
+        log: None,
+    };
+    assert!(wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(&port_file).is_ok_and(|t| t.trim().parse::<u16>().is_ok())
+    }));
+    let port: u16 = std::fs::read_to_string(&port_file)
+        .expect("port")
+        .trim()
+        .parse()
+        .expect("port");
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        json!({"apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": "b", "cluster": {"server": format!("http://127.0.0.1:{port}")}}],
+            "users": [{"name": "b", "user": {}}],
+            "contexts": [{"name": "b", "context": {"cluster": "b", "user": "b"}}],
+            "current-context": "b"})
+        .to_string(),
+    )
+    .expect("kubeconfig");
+    Server {
+        _guard: guard,
+        port,
+        _dir: dir,
+        kubeconfig,
+    }
+}
+
+/// Creates the node (schedulable) and the 100 pods, all Running and Ready.
+fn populate(port: u16) {
+    let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}});
+    let (code, _) = api(port, "POST", "/api/v1/nodes", "x", Some(&node));
+    if code == 409 {
+        api(
+            port,
+            "PATCH",
+            &format!("/api/v1/nodes/{NODE}"),
+            "x",
+            Some(&json!({"spec": {"unschedulable": false}})),
+        );
+    }
+    let pdb = json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+        "metadata": {"name": "db", "namespace": "default"},
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app": "db"}}}});
+    api(
+        port,
+        "POST",
+        "/apis/policy/v1/namespaces/default/poddisruptionbudgets",
+        "x",
+        Some(&pdb),
+    );
+    for i in 0..PODS {
+        // Two pods share the budget (grace 2 s and 3 s): the second eviction gets 429 until
+        // the first pod is gone. The rest have grace periods 0..5 s.
+        let (name, app, grace) = match i {
+            0 => ("db-0".to_string(), "db", 2),
+            1 => ("db-1".to_string(), "db", 3),
+            _ => (format!("web-{i}"), "web", (i % 6) as i64),
+        };
+        let pod = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default", "labels": {"app": app},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": app,
+                    "uid": format!("rs-{app}"), "controller": true}]},
+            "spec": {"nodeName": NODE, "terminationGracePeriodSeconds": grace,
+                "containers": [{"name": "c", "image": "busybox"}]}});
+        let (code, body) = api(
+            port,
+            "POST",
+            "/api/v1/namespaces/default/pods",
+            "x",
+            Some(&pod),
+        );
+        assert_eq!(code, 201, "{body}");
+        let status = json!({"status": {"phase": "Running",
+            "conditions": [{"type": "Ready", "status": "True"}]}});
+        api(
+            port,
+            "PATCH",
+            &format!("/api/v1/namespaces/default/pods/{name}/status"),
+            "x",
+            Some(&status),
+        );
+    }
+}
+
+/// Plays kubelet: deletes each terminating pod (grace 0) once its deletionTimestamp passes.
+fn emulated_kubelet(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            let (_, list) = api(
+                port,
+                "GET",
+                &format!("/api/v1/pods?fieldSelector=spec.nodeName%3D{NODE}"),
+                "x",
+                None,
+            );
+            let now = k8s_openapi::jiff::Timestamp::now();
+            for pod in list["items"].as_array().cloned().unwrap_or_default() {
+                let Some(ts) = pod["metadata"]["deletionTimestamp"].as_str() else {
+                    continue;
+                };
+                let due: k8s_openapi::jiff::Timestamp = ts.parse().expect("timestamp");
+                if due <= now {
+                    let name = pod["metadata"]["name"].as_str().unwrap_or("");
+                    let opts = json!({"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0});
+                    api(
+                        port,
+                        "DELETE",
+                        &format!("/api/v1/namespaces/default/pods/{name}"),
+                        "x",
+                        Some(&opts),
+                    );
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+}
+
+fn pods_left(port: u16) -> usize {
+    let (_, list) = api(
+        port,
+        "GET",
+        &format!("/api/v1/pods?fieldSelector=spec.nodeName%3D{NODE}"),
+        "x",
+        None,
+    );
+    list["items"].as_array().map_or(0, Vec::len)
+}
+
+fn drain_with_agent(server: &Server) -> f64 {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let started = Instant::now();
+    let report = runtime.block_on(async {
+        let client = drain::connect(&server.kubeconfig).await.expect("connect");
+        let opts = DrainOptions {
+            skip_emptydir: false,
+            skip_unmanaged: false,
+        };
+        drain::drain(
+            &client,
+            NODE,
+            opts,
+            Instant::now() + Duration::from_secs(120),
+        )
+        .await
+        .expect("drain")
+    });
+    let took = started.elapsed().as_secs_f64();
+    assert!(report.left.is_empty(), "agent left pods: {:?}", report.left);
+    assert_eq!(report.evicted.len(), PODS);
+    took
+}
+
+fn drain_with_kubectl(server: &Server) -> f64 {
+    let started = Instant::now();
+    let out = Command::new(kubectl())
+        .arg("--kubeconfig")
+        .arg(&server.kubeconfig)
+        .args([
+            "drain",
+            NODE,
+            "--ignore-daemonsets",
+            "--delete-emptydir-data",
+            "--force",
+            "--timeout=120s",
+        ])
+        .output()
+        .expect("kubectl (install with scripts/test.sh)");
+    let took = started.elapsed().as_secs_f64();
+    assert!(
+        out.status.success(),
+        "kubectl drain failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    took
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo test --benches` probing
+    }
+    let server = start_server();
+    let stop = Arc::new(AtomicBool::new(false));
+    let kubelet = emulated_kubelet(server.port, stop.clone());
+    let (mut agent, mut kubectl_times) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        for who in ["agent", "kubectl"] {
+            populate(server.port);
+            let took = if who == "agent" {
+                drain_with_agent(&server)
+            } else {
+                drain_with_kubectl(&server)
+            };
+            assert_eq!(pods_left(server.port), 0, "{who} left pods behind");
+            println!("round {round}: {who:<7} drained {PODS} pods in {took:.2} s");
+            if who == "agent" {
+                agent.push(took)
+            } else {
+                kubectl_times.push(took)
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = kubelet.join();
+    let (a, k) = (median(agent), median(kubectl_times));
+    let ratio = a / k;
+    println!();
+    println!("drain of {PODS} pods (grace 0-5 s, one PDB), median of {ROUNDS}:");
+    println!("  agent   {a:.2} s");
+    println!("  kubectl {k:.2} s");
+    println!(
+        "  ratio   {ratio:.2}  (target <= 0.80: {})",
+        if ratio <= 0.80 { "PASS" } else { "MISS" }
+    );
+}
