@@ -9,12 +9,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Guard, api, wait_until};
+use common::{ApiServer, api};
 use kubelet_resource_wrapper::drain::{self, DrainOptions};
 use serde_json::json;
 
@@ -45,55 +45,26 @@ fn kubectl() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-tools/bin/kubectl"))
 }
 
+/// The fake kube-apiserver without a token file, so every request is an administrator's:
+/// kubectl works over plain HTTP (client-go sends credentials only over TLS), and both drains
+/// talk to the same server.
 struct Server {
-    _guard: Guard,
+    _api: ApiServer,
     port: u16,
-    _dir: tempfile::TempDir,
     kubeconfig: PathBuf,
+    _dir: tempfile::TempDir,
 }
 
 fn start_server() -> Server {
+    let api = ApiServer::open(double("fake-apiserver", "fake-apiserver"));
     let dir = tempfile::tempdir().expect("tmp");
-    let port_file = dir.path().join("port");
-    // No token file: every request is served as an administrator, so kubectl works over plain
-    // HTTP (client-go sends credentials only over TLS) and both clients see the same server.
-    let child = Command::new(double("fake-apiserver", "fake-apiserver"))
-        .args(["--listen", "127.0.0.1:0", "--port-file"])
-        .arg(&port_file)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("fake apiserver");
-    let guard = Guard {
-        child,
-        extra: Vec::new(),
-        log: None,
-    };
-    assert!(wait_until(Duration::from_secs(10), || {
-        std::fs::read_to_string(&port_file).is_ok_and(|t| t.trim().parse::<u16>().is_ok())
-    }));
-    let port: u16 = std::fs::read_to_string(&port_file)
-        .expect("port")
-        .trim()
-        .parse()
-        .expect("port");
     let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        json!({"apiVersion": "v1", "kind": "Config",
-            "clusters": [{"name": "b", "cluster": {"server": format!("http://127.0.0.1:{port}")}}],
-            "users": [{"name": "b", "user": {}}],
-            "contexts": [{"name": "b", "context": {"cluster": "b", "user": "b"}}],
-            "current-context": "b"})
-        .to_string(),
-    )
-    .expect("kubeconfig");
+    api.anonymous_kubeconfig(&kubeconfig);
     Server {
-        _guard: guard,
-        port,
-        _dir: dir,
+        port: api.port,
+        _api: api,
         kubeconfig,
+        _dir: dir,
     }
 }
 

@@ -155,7 +155,7 @@ pub struct RunArgs {
     #[arg(long, env = "KRW_DRAIN_TIMEOUT", value_name = "SECONDS", default_value = "25", value_parser = parse_seconds)]
     pub drain_timeout: Duration,
     /// How often `run` reads its Node from the API (Ready condition for /healthz, uncordon, allocatable check).
-    #[arg(long, env = "KRW_NODE_CHECK_INTERVAL", value_name = "SECONDS", default_value = "5", value_parser = parse_seconds)]
+    #[arg(long, env = "KRW_NODE_CHECK_INTERVAL", value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
     pub node_check_interval: Duration,
     /// On task kill, leave pods that use emptyDir volumes (kubectl drain without --delete-emptydir-data).
     #[arg(long, env = "KRW_DRAIN_SKIP_EMPTYDIR")]
@@ -186,8 +186,8 @@ pub struct RunArgs {
     /// Window for counting kubelet failures.
     #[arg(long, env = "KRW_RESTART_WINDOW", value_name = "SECONDS", default_value = "600", value_parser = parse_seconds)]
     pub restart_window: Duration,
-    /// How often the agent probes kubelet's own healthz in the background.
-    #[arg(long, env = "KRW_HEALTH_PROBE_INTERVAL", value_name = "SECONDS", default_value = "2", value_parser = parse_seconds)]
+    /// How often the agent probes kubelet's own healthz in the background (well inside Marathon's check interval; each probe costs a few wakeups).
+    #[arg(long, env = "KRW_HEALTH_PROBE_INTERVAL", value_name = "SECONDS", default_value = "5", value_parser = parse_seconds)]
     pub health_probe_interval: Duration,
     /// Deadline for one probe of kubelet's healthz (keep it below Marathon's timeoutSeconds).
     #[arg(long, env = "KRW_HEALTH_PROBE_TIMEOUT", value_name = "SECONDS", default_value = "1", value_parser = parse_seconds)]

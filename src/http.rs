@@ -105,6 +105,23 @@ pub async fn serve(listener: TcpListener, limits: Limits, routes: Arc<dyn Routes
     }
 }
 
+const TEXT: &str = "text/plain; charset=utf-8";
+
+/// 404 for any path but `path`, 405 for any method but GET/HEAD; `None` when the route matches.
+fn refuse(method: &Method, path: &str, served: &str) -> Option<(StatusCode, String, &'static str)> {
+    if path != served {
+        return Some((StatusCode::NOT_FOUND, "not found\n".into(), TEXT));
+    }
+    if method != Method::GET && method != Method::HEAD {
+        return Some((
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed\n".into(),
+            TEXT,
+        ));
+    }
+    None
+}
+
 /// `/healthz` for Marathon's MESOS_HTTP check, answered from the agent's state.
 #[derive(Debug)]
 pub struct HealthRoutes {
@@ -116,16 +133,8 @@ pub struct HealthRoutes {
 
 impl Routes for HealthRoutes {
     fn answer(&self, method: &Method, path: &str) -> (StatusCode, String, &'static str) {
-        const TEXT: &str = "text/plain; charset=utf-8";
-        if path != "/healthz" {
-            return (StatusCode::NOT_FOUND, "not found\n".into(), TEXT);
-        }
-        if method != Method::GET && method != Method::HEAD {
-            return (
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method not allowed\n".into(),
-                TEXT,
-            );
+        if let Some(refused) = refuse(method, path, "/healthz") {
+            return refused;
         }
         let started = Instant::now();
         let verdict = self.health.verdict();
@@ -157,21 +166,145 @@ pub struct MetricsRoutes {
 
 impl Routes for MetricsRoutes {
     fn answer(&self, method: &Method, path: &str) -> (StatusCode, String, &'static str) {
-        const TEXT: &str = "text/plain; charset=utf-8";
-        if path != "/metrics" {
-            return (StatusCode::NOT_FOUND, "not found\n".into(), TEXT);
-        }
-        if method != Method::GET && method != Method::HEAD {
-            return (
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method not allowed\n".into(),
-                TEXT,
-            );
+        if let Some(refused) = refuse(method, path, "/metrics") {
+            return refused;
         }
         (
             StatusCode::OK,
             self.metrics.encode(),
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    struct Ok200;
+    impl Routes for Ok200 {
+        fn answer(&self, method: &Method, path: &str) -> (StatusCode, String, &'static str) {
+            refuse(method, path, "/x").unwrap_or((StatusCode::OK, "ok\n".into(), TEXT))
+        }
+    }
+
+    async fn start(limits: Limits) -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(serve(listener, limits, Arc::new(Ok200)));
+        port
+    }
+
+    /// Sends raw bytes on a blocking socket (off the runtime) and returns what came back.
+    async fn exchange(port: u16, request: Vec<u8>, hold: Duration) -> String {
+        tokio::task::spawn_blocking(move || {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            let _ = s.write_all(&request);
+            std::thread::sleep(hold);
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            out
+        })
+        .await
+        .expect("join")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn routes_and_methods() {
+        let port = start(Limits::default()).await;
+        let get = |req: &str| exchange(port, req.as_bytes().to_vec(), Duration::ZERO);
+        assert!(
+            get("GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                .await
+                .starts_with("HTTP/1.1 200")
+        );
+        assert!(
+            get("GET /y HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                .await
+                .starts_with("HTTP/1.1 404")
+        );
+        let post =
+            get("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .await;
+        assert!(post.starts_with("HTTP/1.1 405"), "{post}");
+        assert!(
+            post.to_ascii_lowercase().contains("allow: get, head"),
+            "{post}"
+        );
+        let head = get("HEAD /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+        assert!(
+            head.starts_with("HTTP/1.1 200") && head.ends_with("\r\n\r\n"),
+            "{head:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn oversized_headers_are_refused() {
+        let port = start(Limits::default()).await;
+        let big = format!(
+            "GET /x HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(20_000)
+        );
+        let answer = exchange(port, big.into_bytes(), Duration::ZERO).await;
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+            "{answer}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slow_headers_time_out() {
+        let limits = Limits {
+            header_read_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        };
+        let port = start(limits).await;
+        let started = std::time::Instant::now();
+        // Never finishes the request head; the server must hang up on its own.
+        let answer = exchange(
+            port,
+            b"GET /x HTTP/1.1\r\nHost: a\r\n".to_vec(),
+            Duration::ZERO,
+        )
+        .await;
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(!answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_beyond_the_limit_are_closed() {
+        let limits = Limits {
+            max_connections: 2,
+            ..Limits::default()
+        };
+        let port = start(limits).await;
+        // Two idle connections take both permits.
+        let idle: Vec<_> = (0..2)
+            .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+            .collect();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let third = exchange(
+            port,
+            b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".to_vec(),
+            Duration::ZERO,
+        )
+        .await;
+        assert!(third.is_empty(), "third connection was served: {third}");
+        drop(idle);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let again = exchange(
+            port,
+            b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".to_vec(),
+            Duration::ZERO,
+        )
+        .await;
+        assert!(again.starts_with("HTTP/1.1 200"), "{again}");
     }
 }

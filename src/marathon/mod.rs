@@ -348,22 +348,37 @@ async fn deploy(s: &Session, args: &DeployArgs) -> Result<(), Failure> {
     };
     let started = Instant::now();
     let answer = s.client.send(Method::PUT, &path, Some(&app_value)).await?;
-    let (dep, version) = deployment_of(&answer);
     let verb = if answer.status == 201 {
         "created"
     } else {
         "updated"
     };
+    announce_and_wait(
+        s,
+        &answer,
+        &format!("{verb} {}", s.app_id),
+        args.wait,
+        started,
+    )
+    .await
+}
+
+/// Prints what Marathon accepted (version, deployment) and, with `--wait`, follows the deployment.
+async fn announce_and_wait(
+    s: &Session,
+    answer: &client::Answer,
+    what: &str,
+    wait: bool,
+    started: Instant,
+) -> Result<(), Failure> {
+    let (dep, version) = deployment_of(answer);
     print(&format!(
-        "{verb} {} at {} (version {}); deployment {}\n",
-        s.app_id,
+        "{what} at {} (version {}); deployment {}\n",
         s.app_url(),
         version.as_deref().unwrap_or("?"),
         dep.as_deref().unwrap_or("none")
     ))?;
-    if args.wait
-        && let Some(dep) = dep
-    {
+    if wait && let Some(dep) = dep {
         wait_for(s, &dep, started).await?;
     }
     Ok(())
@@ -411,21 +426,9 @@ async fn scale(s: &Session, args: &ScaleArgs) -> Result<(), Failure> {
         .client
         .send(Method::PUT, &path, Some(&json!({ "instances": target })))
         .await?;
-    let (dep, version) = deployment_of(&answer);
     let from = current.map_or_else(|| "?".to_string(), |c| c.to_string());
-    print(&format!(
-        "scaling {} at {} from {from} to {target} instance(s) (version {}); deployment {}\n",
-        s.app_id,
-        s.app_url(),
-        version.as_deref().unwrap_or("?"),
-        dep.as_deref().unwrap_or("none")
-    ))?;
-    if args.wait
-        && let Some(dep) = dep
-    {
-        wait_for(s, &dep, started).await?;
-    }
-    Ok(())
+    let what = format!("scaling {} from {from} to {target} instance(s)", s.app_id);
+    announce_and_wait(s, &answer, &what, args.wait, started).await
 }
 
 /// Polls `GET /v2/deployments` until `dep` is gone or `--timeout` has passed since `started`.

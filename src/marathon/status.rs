@@ -1,5 +1,6 @@
 //! `marathon status`: the app's tasks as a table or one JSON object (pure rendering).
 
+use super::strategy;
 use serde_json::{Value, json};
 
 /// One task row.
@@ -95,14 +96,7 @@ pub fn build(
                 .collect()
         })
         .unwrap_or_default();
-    let entry = queue.get("queue").and_then(Value::as_array).and_then(|q| {
-        q.iter().find(|e| {
-            e.get("app")
-                .and_then(|a| a.get("id"))
-                .and_then(Value::as_str)
-                == Some(app_id)
-        })
-    });
+    let entry = strategy::queue_entry(queue, app_id);
     let waiting = entry
         .and_then(|e| e.get("count"))
         .and_then(Value::as_u64)
@@ -119,16 +113,7 @@ pub fn build(
                 .collect()
         })
         .unwrap_or_default();
-    let deployments = app
-        .get("deployments")
-        .and_then(Value::as_array)
-        .map(|ds| {
-            ds.iter()
-                .filter_map(|d| d.get("id").and_then(Value::as_str))
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default();
+    let deployments = strategy::strings_of(app, "deployments", "id");
     Status {
         app_id: app_id.to_string(),
         marathon_url: marathon_url.to_string(),

@@ -143,28 +143,32 @@ pub struct HostCount {
     pub source: String,
 }
 
+/// The string `field` of every object in the array `array` of `v` (e.g. each task's `host`).
+pub fn strings_of<C: FromIterator<String>>(v: &Value, array: &str, field: &str) -> C {
+    v.get(array)
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|item| item.get(field).and_then(Value::as_str))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The entry of `GET /v2/queue` for `app_id`, if any instance of it waits for offers.
+pub fn queue_entry<'a>(queue: &'a Value, app_id: &str) -> Option<&'a Value> {
+    queue.get("queue")?.as_array()?.iter().find(|e| {
+        e.get("app")
+            .and_then(|a| a.get("id"))
+            .and_then(Value::as_str)
+            == Some(app_id)
+    })
+}
+
 /// Counts eligible hosts from `GET /v2/apps/{id}/tasks` and `GET /v2/queue?embed=lastUnusedOffers`.
 pub fn count_hosts(app_id: &str, tasks: &Value, queue: &Value) -> HostCount {
-    let mut hosts: BTreeSet<String> = tasks
-        .get("tasks")
-        .and_then(Value::as_array)
-        .map(|ts| {
-            ts.iter()
-                .filter_map(|t| t.get("host").and_then(Value::as_str))
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut hosts: BTreeSet<String> = strings_of(tasks, "tasks", "host");
     let running = hosts.len();
-    let entry = queue.get("queue").and_then(Value::as_array).and_then(|q| {
-        q.iter().find(|e| {
-            e.get("app")
-                .and_then(|a| a.get("id"))
-                .and_then(Value::as_str)
-                == Some(app_id)
-        })
-    });
-    let Some(entry) = entry else {
+    let Some(entry) = queue_entry(queue, app_id) else {
         return HostCount {
             hosts: running,
             exact: false,

@@ -512,32 +512,42 @@ pub struct ApiServer {
 pub const ADMIN: &str = "admin-token";
 
 impl ApiServer {
+    /// With token authentication (see the struct doc).
     pub fn start(node: &str) -> ApiServer {
+        ApiServer::launch(double("fake-apiserver"), Some(node))
+    }
+
+    /// `binary` without a token file: every request is served as an administrator.
+    pub fn open(binary: PathBuf) -> ApiServer {
+        ApiServer::launch(binary, None)
+    }
+
+    fn launch(binary: PathBuf, node: Option<&str>) -> ApiServer {
         let dir = tempfile::tempdir().expect("tmp");
-        let tokens = dir.path().join("tokens.csv");
-        std::fs::write(
-            &tokens,
-            format!(
-                "{ADMIN},admin,1,\"system:masters\"\nnode-token,system:node:{node},2,\"system:nodes\"\ndrainer-token,drainer,3\n"
-            ),
-        )
-        .expect("tokens");
         let port_file = dir.path().join("port");
         let fault_file = dir.path().join("fault");
-        let child = Command::new(double("fake-apiserver"))
-            .arg("--listen")
+        let mut cmd = Command::new(binary);
+        cmd.arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--port-file")
             .arg(&port_file)
-            .arg("--token-auth-file")
-            .arg(&tokens)
             .arg("--fault-file")
             .arg(&fault_file)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("fake apiserver");
+            .stderr(Stdio::null());
+        if let Some(node) = node {
+            let tokens = dir.path().join("tokens.csv");
+            std::fs::write(
+                &tokens,
+            format!(
+                "{ADMIN},admin,1,\"system:masters\"\nnode-token,system:node:{node},2,\"system:nodes\"\ndrainer-token,drainer,3\n"
+            ),
+        )
+            .expect("tokens");
+            cmd.arg("--token-auth-file").arg(&tokens);
+        }
+        let child = cmd.spawn().expect("fake apiserver");
         let guard = Guard {
             child,
             extra: Vec::new(),
@@ -567,6 +577,18 @@ impl ApiServer {
             "users": [{"name": "node", "user": {"token": "node-token"}}],
             "contexts": [{"name": "node@fake", "context": {"cluster": "fake", "user": "node"}}],
             "current-context": "node@fake"
+        });
+        std::fs::write(path, kc.to_string()).expect("kubeconfig");
+    }
+
+    /// A kubeconfig without credentials (for a server started with [`ApiServer::open`]).
+    pub fn anonymous_kubeconfig(&self, path: &Path) {
+        let kc = json!({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": "fake", "cluster": {"server": format!("http://127.0.0.1:{}", self.port)}}],
+            "users": [{"name": "anonymous", "user": {}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "anonymous"}}],
+            "current-context": "fake"
         });
         std::fs::write(path, kc.to_string()).expect("kubeconfig");
     }
