@@ -16,7 +16,7 @@
 //! 2. `/healthz` latency through the agent vs a direct call to the fake kubelet's own healthz in
 //!    the same run (alternating requests), and through the agent while kubelet hangs.
 //! 3. Idle wakeups: voluntary + involuntary context switches of all the agent's threads over an
-//!    idle window, per second, at the default probe interval (2 s); and, to separate the probe's
+//!    idle window, per second, at the default probe interval (5 s); and, to separate the probe's
 //!    share, an agent whose probe interval is one hour.
 //! 4. `run` → kubelet exec latency, and `run` → first 200 on `/healthz`.
 //! 5. `plan` wall time.
@@ -53,7 +53,7 @@ fn main() {
     header(&kubelet);
     let mut report = Report::default();
 
-    // Two agents side by side: A with the default probe interval (2 s), which serves the latency
+    // Two agents side by side: A with the default probe interval (5 s), which serves the latency
     // series; B probing once an hour, to isolate the idle baseline from the probe's cost.
     let a = Running::start(&kubelet, &[], "A");
     let b = Running::start(&kubelet, &[("KRW_HEALTH_PROBE_INTERVAL", "3600")], "B");
@@ -97,7 +97,7 @@ fn main() {
     let rate_a = delta(&before_a, &after_a) as f64 / secs;
     let rate_b = delta(&before_b, &after_b) as f64 / secs;
     println!("\n[3] idle context switches (voluntary + involuntary, all threads) over {secs:.1} s");
-    print_threads("A, probe every 2 s (default)", &before_a, &after_a, secs);
+    print_threads("A, probe every 5 s (default)", &before_a, &after_a, secs);
     println!(
         "      = {:.1} switches per probe ({:.0} probes in the window)",
         delta(&before_a, &after_a) as f64 / (secs / 2.0),
@@ -105,7 +105,7 @@ fn main() {
     );
     print_threads("B, probe every 3600 s", &before_b, &after_b, secs);
     report.row(
-        "3 idle wakeups/s, default probe interval 2 s",
+        "3 idle wakeups/s, default probe interval 5 s",
         rate_a,
         "/s",
         1.0,
@@ -161,7 +161,7 @@ fn main() {
     let non_503 = codes.iter().filter(|c| **c != 503).count();
     let hang_l = Latency::of(&hang_ms);
     println!(
-        "\n[2c] GET /healthz through the agent while kubelet's healthz hangs (probe timeout 1 s every 2 s), {SERIES} requests 1 ms apart over {hang_secs:.1} s"
+        "\n[2c] GET /healthz through the agent while kubelet's healthz hangs (probe timeout 1 s every 5 s), {SERIES} requests 1 ms apart over {hang_secs:.1} s"
     );
     println!("    {:<36} {}", "through the agent (503)", hang_l);
     if non_503 > 0 {

@@ -49,10 +49,11 @@ impl Prober {
         let url = format!("http://127.0.0.1:{port}/healthz");
         // Process sampling is best effort: without it the verdict still has the probe.
         let mut system = System::new().ok();
-        let mut ticker = tokio::time::interval(self.interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Until kubelet first answers 200, probe quickly so a fresh kubelet turns healthy
+        // promptly; after that, at the configured (idle-friendly) interval.
+        let eager = self.interval.min(Duration::from_millis(500));
+        let mut answered = false;
         loop {
-            ticker.tick().await;
             let started = Instant::now();
             let result = match self.client.get(&url).send().await {
                 Ok(resp) if resp.status() == reqwest::StatusCode::OK => Ok(()),
@@ -77,6 +78,7 @@ impl Prober {
             if let Err(why) = &result {
                 tracing::debug!(pid, %why, "kubelet healthz probe failed");
             }
+            answered |= result.is_ok();
             self.health.update(|s| {
                 s.last_probe = Some(Probe {
                     at: Instant::now(),
@@ -84,6 +86,8 @@ impl Prober {
                 });
                 s.process_problem = problem;
             });
+            let pause = if answered { self.interval } else { eager };
+            tokio::time::sleep(pause.saturating_sub(started.elapsed())).await;
         }
     }
 }
