@@ -535,17 +535,6 @@ impl Agent {
         info
     }
 
-    /// Waits for an already-signalled kubelet to exit for up to `within`; SIGTERM/SIGKILL after.
-    pub async fn await_or_stop(&mut self, child: &mut Child, within: Duration) -> ExitInfo {
-        match tokio::time::timeout(within, &mut child.exited).await {
-            Ok(Ok(info)) => {
-                self.note_exit(&info);
-                info
-            }
-            _ => self.stop_child(child).await,
-        }
-    }
-
     /// Keeps a zero-allocatable kubelet running until `stop` is notified, restarting it if it
     /// exits (after a short pause), then stops it. Returns how many kubelets were started.
     pub async fn keep_zero_kubelet(&mut self, stop: Arc<Notify>) -> u32 {

@@ -81,11 +81,9 @@ pub async fn terminate(agent: &mut Agent, child: Option<Child>, at: Instant) -> 
         skip_unmanaged: agent.args.drain_skip_unmanaged,
     };
     if let Some(mut child) = child {
-        // Kubelet got the same SIGTERM from Mesos and exits 0 on its own; give it until the
-        // stop timeout, then stop it ourselves (a SIGTERM sent to the agent alone).
-        let info = agent
-            .await_or_stop(&mut child, agent.args.stop_timeout)
-            .await;
+        // Under Mesos kubelet got the same SIGTERM and is already exiting; stop_child gives it a
+        // moment, then signals it itself (the agent alone was signalled, e.g. by systemd).
+        let info = agent.stop_child(&mut child).await;
         tracing::info!(pid = child.pid, status = %info, "kubelet stopped after SIGTERM");
     }
     let mut report = KillReport {
