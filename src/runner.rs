@@ -44,7 +44,7 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
         let kubelet_lock = take_over_kubelet_lock(&args).await?;
         let mut agent = Agent::new(args, setup, Phase::Starting)?;
         agent.serve_health().await?;
-        agent.serve_metrics().await?;
+        let _metrics = agent.serve_metrics().await?;
         tracing::info!(
             lease_cpu_millicores = agent.setup.reservation.lease.cpu_millicores,
             lease_memory_bytes = agent.setup.reservation.lease.memory_bytes,
@@ -101,7 +101,6 @@ pub fn standby(args: RunArgs) -> Result<(), Failure> {
     block_on(async move {
         let run_lock_path = lock::run_lock_path(&args.lock_file);
         let mut agent = Agent::new(args, setup, Phase::Standby)?;
-        agent.serve_metrics().await?;
         loop {
             // Keep off the host while a `run` holds it; the kernel drops its lock when it ends.
             while lock::is_held(&run_lock_path).map_err(lock_failure)? {
@@ -124,6 +123,8 @@ pub fn standby(args: RunArgs) -> Result<(), Failure> {
             if lock::is_held(&run_lock_path).map_err(lock_failure)? {
                 continue;
             }
+            // The metrics port follows the host: `run` serves it while it holds the host.
+            let metrics = agent.serve_metrics().await?;
             tracing::info!("standby holds the host: kubelet runs with zero allocatable");
             agent.metrics.kubelet_zero_allocatable.set(1);
             let watch = YieldWatch {
@@ -142,6 +143,9 @@ pub fn standby(args: RunArgs) -> Result<(), Failure> {
                 Stopped::Yield(child) => {
                     if let Some(mut child) = child {
                         agent.stop_child(&mut child).await;
+                    }
+                    if let Some(server) = metrics {
+                        server.close().await;
                     }
                     drop(kubelet_lock);
                     tracing::info!("yielded the host to run");
@@ -188,6 +192,23 @@ async fn take_over_kubelet_lock(args: &RunArgs) -> Result<HostLock, Failure> {
             }
             Err(e) => return Err(lock_failure(e)),
         }
+    }
+}
+
+/// A running `/metrics` server; dropping it closes the listening socket.
+pub struct MetricsServer(tokio::task::JoinHandle<()>);
+
+impl MetricsServer {
+    /// Stops serving and waits until the listening socket is closed.
+    async fn close(mut self) {
+        self.0.abort();
+        let _ = (&mut self.0).await;
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -311,17 +332,22 @@ impl Agent {
         Ok(())
     }
 
-    async fn serve_metrics(&self) -> Result<(), Failure> {
+    /// Serves `/metrics` if `--metrics-addr` is set; the port is released when the returned
+    /// server is dropped (standby hands it to `run` together with the host).
+    async fn serve_metrics(&self) -> Result<Option<MetricsServer>, Failure> {
         let Some(addr) = self.args.metrics_addr else {
-            return Ok(());
+            return Ok(None);
         };
         let listener = Self::bind(addr, "/metrics").await?;
         tracing::info!(%addr, "serving /metrics");
         let routes = Arc::new(MetricsRoutes {
             metrics: self.metrics.clone(),
         });
-        tokio::spawn(http::serve(listener, Limits::default(), routes));
-        Ok(())
+        Ok(Some(MetricsServer(tokio::spawn(http::serve(
+            listener,
+            Limits::default(),
+            routes,
+        )))))
     }
 
     /// Waits up to `timeout` for SIGTERM/SIGINT; true if one arrived.

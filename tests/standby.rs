@@ -59,6 +59,10 @@ fn allocatable(scratch: &Scratch) -> Option<(u64, u64)> {
 }
 
 fn start_standby(scratch: &Scratch) -> Guard {
+    start_standby_with(scratch, &[])
+}
+
+fn start_standby_with(scratch: &Scratch, extra: &[(&str, String)]) -> Guard {
     let args_file = scratch.path("kubelet-args");
     std::fs::write(&args_file, scratch.kubelet_args().join("\n")).expect("args file");
     spawn_agent(
@@ -75,7 +79,10 @@ fn start_standby(scratch: &Scratch) -> Guard {
                 scratch.host_root().display().to_string(),
             ),
             ("FAKE_KUBELET_SYNC_INTERVAL_MS", "200".into()),
-        ],
+        ]
+        .into_iter()
+        .chain(extra.iter().cloned())
+        .collect::<Vec<_>>(),
     )
 }
 
@@ -185,4 +192,74 @@ fn a_second_standby_waits_without_starting_a_kubelet() {
 
 fn allocatable_pid(scratch: &Scratch) -> Option<i64> {
     scratch.kubelet_status().and_then(|s| s["pid"].as_i64())
+}
+
+fn metric(port: u16, name: &str) -> Option<f64> {
+    let (_, text) = http("GET", port, "/metrics")?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn the_host_settings_file_reaches_run_and_the_metrics_port_follows_the_host() {
+    let scratch = Scratch::new(4, 8);
+    let metrics_port = free_port();
+    let settings = scratch.path("krw.env");
+    std::fs::write(
+        &settings,
+        format!(
+            "# written by the Ansible role\nKRW_METRICS_ADDR=\"127.0.0.1:{metrics_port}\"\nKRW_KUBE_RESERVED=\"cpu=100m,memory=128Mi\"\n"
+        ),
+    )
+    .expect("settings");
+    let env_file = settings.display().to_string();
+    let _standby = start_standby_with(&scratch, &[("KRW_ENV_FILE", env_file.clone())]);
+    assert!(
+        wait_until(Duration::from_secs(5), || metric(
+            metrics_port,
+            "krw_kubelet_zero_allocatable"
+        ) == Some(1.0)),
+        "standby does not serve metrics"
+    );
+    let port = free_port();
+    let app = test_app(&scratch, port, &[("KRW_ENV_FILE", env_file.as_str())]);
+    let mut emu = Emulator::launch(
+        &app,
+        &scratch.path("sandbox"),
+        port,
+        &["--health-max-failures", "100"],
+    );
+    assert!(
+        emu.wait_health(true, Duration::from_secs(20)),
+        "{}",
+        emu.task_stderr()
+    );
+    // run took over the metrics port and read kube-reserved from the host's settings file.
+    assert!(
+        wait_until(Duration::from_secs(5), || metric(
+            metrics_port,
+            "krw_lease_cpu_millicores"
+        ) == Some(2000.0)
+            && metric(metrics_port, "krw_kubelet_zero_allocatable")
+                == Some(0.0)),
+        "run does not serve the metrics port: {}",
+        emu.task_stderr()
+    );
+    assert_eq!(
+        metric(metrics_port, "krw_kube_reserved_cpu_millicores"),
+        Some(100.0)
+    );
+    let status = scratch.kubelet_status().expect("status");
+    assert_eq!(status["kube_reserved"]["cpu_millicores"], 100, "{status}");
+    assert_eq!(status["allocatable"]["cpu_millicores"], 2000, "{status}");
+    emu.kill_task();
+    emu.wait_for(Duration::from_secs(15), |v| v["event"] == "terminal")
+        .expect("terminal");
+    assert!(
+        wait_until(Duration::from_secs(5), || metric(
+            metrics_port,
+            "krw_kubelet_zero_allocatable"
+        ) == Some(1.0)),
+        "standby did not take the metrics port back"
+    );
 }
