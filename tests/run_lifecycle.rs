@@ -384,3 +384,76 @@ fn lease_larger_than_the_host_fails_78_and_starts_nothing() {
     let log = emu.task_stderr();
     assert!(log.contains("at most 2.000 cores"), "{log}");
 }
+
+fn direct_env(scratch: &Scratch, port: u16, fault: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("KRW_KUBELET", double("fake-kubelet").display().to_string()),
+        ("KRW_HOST_ROOT", scratch.host_root().display().to_string()),
+        ("KRW_LOCK_FILE", scratch.lock_file().display().to_string()),
+        ("KRW_HEALTH_ADDR", format!("127.0.0.1:{port}")),
+        ("KRW_KUBELET_HEALTHZ_PORT", "0".into()),
+        ("KRW_HEALTH_PROBE_INTERVAL", "0.2".into()),
+        ("KRW_RESTART_BACKOFF_INITIAL", "0.1".into()),
+        ("KRW_CPUS", "1".into()),
+        ("KRW_MEM", "512".into()),
+        (
+            "FAKE_KUBELET_HOST_ROOT",
+            scratch.host_root().display().to_string(),
+        ),
+        ("FAKE_KUBELET_FAULT", fault.into()),
+    ]
+}
+
+#[test]
+fn slow_starting_kubelet_turns_healthy_once_its_healthz_answers() {
+    let scratch = Scratch::new(2, 8);
+    let port = free_port();
+    let mut args = vec!["run".to_string(), "--".to_string()];
+    args.extend(scratch.kubelet_args());
+    let started = Instant::now();
+    let agent = spawn_agent(&args, &direct_env(&scratch, port, "slow-start=5"));
+    assert!(wait_until(Duration::from_secs(5), || kubelet_pid(&scratch).is_some()));
+    std::thread::sleep(Duration::from_secs(4).saturating_sub(started.elapsed()));
+    let (code, body) = http("GET", port, "/healthz").expect("answer");
+    assert_eq!(
+        code, 503,
+        "healthy before kubelet's healthz answered: {body}"
+    );
+    assert!(
+        body.contains("connection") || body.contains("not been probed"),
+        "{body}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(6), || http("GET", port, "/healthz")
+            .is_some_and(|(c, _)| c == 200)),
+        "never healthy: {}",
+        agent.stderr_text()
+    );
+    assert!(started.elapsed() >= Duration::from_secs(5));
+}
+
+#[test]
+fn kubelet_crashing_later_is_restarted_until_the_failure_budget_is_spent() {
+    let scratch = Scratch::new(2, 8);
+    let port = free_port();
+    let mut args = vec!["run".to_string(), "--".to_string()];
+    args.extend(scratch.kubelet_args());
+    let mut env = direct_env(&scratch, port, "crash-after=0.5");
+    env.push(("KRW_MAX_FAILURES", "3".into()));
+    let mut agent = spawn_agent(&args, &env);
+    let code = agent
+        .wait_exit(Duration::from_secs(15))
+        .expect("agent gave up");
+    assert_eq!(code, Some(75));
+    let log = agent.stderr_text();
+    // Three restarts (exit code 2, as a Go panic), then the fourth failure ends the task.
+    assert_eq!(
+        log.matches("kubelet exited unexpectedly; restarting")
+            .count(),
+        3,
+        "{log}"
+    );
+    assert!(log.contains("kubelet failed 4 times"), "{log}");
+    assert!(log.contains("exit code 2"), "{log}");
+    assert!(kubelet_pid(&scratch).is_none());
+}
