@@ -167,21 +167,13 @@ fn crash_loop_exits_75_so_marathon_reschedules() {
 #[test]
 fn second_instance_on_the_host_exits_73_naming_the_holder() {
     let scratch = Scratch::new(2, 8);
-    let fake = double("fake-kubelet").display().to_string();
+    // This time the lease comes from Marathon's variables.
     let env = |port: u16| {
-        vec![
-            ("KRW_KUBELET", fake.clone()),
-            ("KRW_HOST_ROOT", scratch.host_root().display().to_string()),
-            ("KRW_LOCK_FILE", scratch.lock_file().display().to_string()),
-            ("KRW_HEALTH_ADDR", format!("127.0.0.1:{port}")),
-            ("KRW_KUBELET_HEALTHZ_PORT", "0".into()),
-            (
-                "FAKE_KUBELET_HOST_ROOT",
-                scratch.host_root().display().to_string(),
-            ),
-            ("MARATHON_APP_RESOURCE_CPUS", "1.0".into()),
-            ("MARATHON_APP_RESOURCE_MEM", "1024.0".into()),
-        ]
+        let mut env = direct_env(&scratch, port, "");
+        env.retain(|(k, _)| *k != "KRW_CPUS" && *k != "KRW_MEM");
+        env.push(("MARATHON_APP_RESOURCE_CPUS", "1.0".into()));
+        env.push(("MARATHON_APP_RESOURCE_MEM", "1024.0".into()));
+        env
     };
     let mut args = vec!["run".to_string(), "--".to_string()];
     args.extend(scratch.kubelet_args());
@@ -207,19 +199,7 @@ fn sigkilled_agent_takes_kubelet_with_it() {
     let scratch = Scratch::new(2, 8);
     let mut args = vec!["run".to_string(), "--".to_string()];
     args.extend(scratch.kubelet_args());
-    let env = vec![
-        ("KRW_KUBELET", double("fake-kubelet").display().to_string()),
-        ("KRW_HOST_ROOT", scratch.host_root().display().to_string()),
-        ("KRW_LOCK_FILE", scratch.lock_file().display().to_string()),
-        ("KRW_HEALTH_ADDR", format!("127.0.0.1:{}", free_port())),
-        ("KRW_KUBELET_HEALTHZ_PORT", "0".into()),
-        ("KRW_CPUS", "1".into()),
-        ("KRW_MEM", "512".into()),
-        (
-            "FAKE_KUBELET_HOST_ROOT",
-            scratch.host_root().display().to_string(),
-        ),
-    ];
+    let env = direct_env(&scratch, free_port(), "");
     let agent = spawn_agent(&args, &env);
     assert!(wait_until(Duration::from_secs(5), || kubelet_pid(&scratch).is_some()));
     let kubelet = kubelet_pid(&scratch).expect("kubelet");
@@ -299,22 +279,8 @@ fn hanging_kubelet_is_reported_without_waiting_on_it() {
     let port = free_port();
     let mut args = vec!["run".to_string(), "--".to_string()];
     args.extend(scratch.kubelet_args());
-    let env = vec![
-        ("KRW_KUBELET", double("fake-kubelet").display().to_string()),
-        ("KRW_HOST_ROOT", scratch.host_root().display().to_string()),
-        ("KRW_LOCK_FILE", scratch.lock_file().display().to_string()),
-        ("KRW_HEALTH_ADDR", format!("127.0.0.1:{port}")),
-        ("KRW_KUBELET_HEALTHZ_PORT", "0".into()),
-        ("KRW_HEALTH_PROBE_INTERVAL", "0.2".into()),
-        ("KRW_HEALTH_PROBE_TIMEOUT", "0.5".into()),
-        ("KRW_CPUS", "1".into()),
-        ("KRW_MEM", "512".into()),
-        (
-            "FAKE_KUBELET_HOST_ROOT",
-            scratch.host_root().display().to_string(),
-        ),
-        ("FAKE_KUBELET_FAULT", "hang".into()),
-    ];
+    let mut env = direct_env(&scratch, port, "hang");
+    env.push(("KRW_HEALTH_PROBE_TIMEOUT", "0.5".into()));
     let _agent = spawn_agent(&args, &env);
     assert!(wait_until(Duration::from_secs(5), || kubelet_pid(&scratch).is_some()));
     std::thread::sleep(Duration::from_secs(4));
@@ -385,8 +351,10 @@ fn lease_larger_than_the_host_fails_78_and_starts_nothing() {
     assert!(log.contains("at most 2.000 cores"), "{log}");
 }
 
+/// Environment for starting the agent directly (no emulator) with the fake kubelet; `fault` is
+/// the kubelet double's FAKE_KUBELET_FAULT ("" for none).
 fn direct_env(scratch: &Scratch, port: u16, fault: &str) -> Vec<(&'static str, String)> {
-    vec![
+    let mut env = vec![
         ("KRW_KUBELET", double("fake-kubelet").display().to_string()),
         ("KRW_HOST_ROOT", scratch.host_root().display().to_string()),
         ("KRW_LOCK_FILE", scratch.lock_file().display().to_string()),
@@ -400,8 +368,11 @@ fn direct_env(scratch: &Scratch, port: u16, fault: &str) -> Vec<(&'static str, S
             "FAKE_KUBELET_HOST_ROOT",
             scratch.host_root().display().to_string(),
         ),
-        ("FAKE_KUBELET_FAULT", fault.into()),
-    ]
+    ];
+    if !fault.is_empty() {
+        env.push(("FAKE_KUBELET_FAULT", fault.into()));
+    }
+    env
 }
 
 #[test]
