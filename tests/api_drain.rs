@@ -113,11 +113,7 @@ fn kill_cordons_evicts_twenty_pods_reports_the_pdb_and_uncordons_on_return() {
     let c = Cluster::new();
     let port = free_port();
     let mut emu = c.launch(port, &[("KRW_DRAIN_TIMEOUT", "8")], "10");
-    assert!(
-        emu.wait_health(true, Duration::from_secs(25)),
-        "{}",
-        emu.task_stderr()
-    );
+    emu.expect_healthy(Duration::from_secs(25));
     // 16 ReplicaSet pods, one emptyDir pod, one DaemonSet pod, one mirror pod, and one pod a
     // PodDisruptionBudget protects (BestEffort, so zero allocatable does not reject it either).
     for i in 0..16 {
@@ -199,11 +195,7 @@ fn kill_cordons_evicts_twenty_pods_reports_the_pdb_and_uncordons_on_return() {
     // The task comes back on the same host: the agent's own cordon is lifted.
     let port = free_port();
     let mut again = c.launch(port, &[("KRW_DRAIN_TIMEOUT", "3")], "6");
-    assert!(
-        again.wait_health(true, Duration::from_secs(25)),
-        "{}",
-        again.task_stderr()
-    );
+    again.expect_healthy(Duration::from_secs(25));
     assert!(
         wait_until(Duration::from_secs(5), || c.node()["spec"]["unschedulable"]
             != true),
@@ -220,11 +212,7 @@ fn an_operators_cordon_is_kept_through_kill_and_return() {
     let c = Cluster::new();
     let port = free_port();
     let mut emu = c.launch(port, &[], "6");
-    assert!(
-        emu.wait_health(true, Duration::from_secs(25)),
-        "{}",
-        emu.task_stderr()
-    );
+    emu.expect_healthy(Duration::from_secs(25));
     let cordon = json!({"spec": {"unschedulable": true}});
     let (code, body) = c
         .api
@@ -246,11 +234,7 @@ fn an_operators_cordon_is_kept_through_kill_and_return() {
 
     let port = free_port();
     let mut again = c.launch(port, &[], "6");
-    assert!(
-        again.wait_health(true, Duration::from_secs(25)),
-        "{}",
-        again.task_stderr()
-    );
+    again.expect_healthy(Duration::from_secs(25));
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
         c.node()["spec"]["unschedulable"],
@@ -268,11 +252,7 @@ fn api_down_falls_back_to_zero_allocatable_within_the_grace_period() {
     c.scratch.pod("static-web", "100m", "128Mi");
     let port = free_port();
     let mut emu = c.launch(port, &[("KRW_DRAIN_TIMEOUT", "4")], "6");
-    assert!(
-        emu.wait_health(true, Duration::from_secs(25)),
-        "{}",
-        emu.task_stderr()
-    );
+    emu.expect_healthy(Duration::from_secs(25));
     assert!(wait_until(Duration::from_secs(5), || !c
         .scratch
         .pod_pids()
@@ -385,11 +365,7 @@ fn a_dedicated_identity_with_only_the_shipped_rbac_can_drain() {
     let port = free_port();
     let kc = kubeconfig.display().to_string();
     let mut emu = c.launch(port, &[("KRW_KUBECONFIG", kc.as_str())], "6");
-    assert!(
-        emu.wait_health(true, Duration::from_secs(25)),
-        "{}",
-        emu.task_stderr()
-    );
+    emu.expect_healthy(Duration::from_secs(25));
     for i in 0..3 {
         c.create_pod(&format!("web-{i}"), Some("ReplicaSet"), true, json!({}));
     }

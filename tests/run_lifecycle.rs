@@ -46,11 +46,7 @@ fn starts_healthy_with_allocatable_equal_to_lease_and_kill_leaves_no_pod_running
         port,
         &["--kill-grace", "8", "--health-max-failures", "100"],
     );
-    assert!(
-        emu.wait_health(true, Duration::from_secs(20)),
-        "never healthy; agent log:\n{}",
-        emu.task_stderr()
-    );
+    emu.expect_healthy(Duration::from_secs(20));
     // The invariant, checked by the kubelet double's own arithmetic: allocatable == lease.
     let status = scratch.kubelet_status().expect("fake kubelet status");
     assert_eq!(status["allocatable"]["cpu_millicores"], 2000, "{status}");
@@ -117,11 +113,7 @@ fn crashed_kubelet_is_restarted_and_health_recovers() {
         port,
         &["--health-max-failures", "100"],
     );
-    assert!(
-        emu.wait_health(true, Duration::from_secs(20)),
-        "{}",
-        emu.task_stderr()
-    );
+    emu.expect_healthy(Duration::from_secs(20));
     let first = kubelet_pid(&scratch).expect("kubelet pid");
     kill_pid(first, libc::SIGKILL);
     assert!(
@@ -241,11 +233,7 @@ fn health_follows_kubelet_health_and_answers_fast_while_kubelet_hangs() {
         port,
         &["--health-max-failures", "100"],
     );
-    assert!(
-        emu.wait_health(true, Duration::from_secs(20)),
-        "{}",
-        emu.task_stderr()
-    );
+    emu.expect_healthy(Duration::from_secs(20));
     assert_eq!(http("GET", port, "/healthz"), Some((200, "ok\n".into())));
     assert_eq!(http("HEAD", port, "/healthz").map(|r| r.0), Some(200));
     assert_eq!(http("GET", port, "/metrics").map(|r| r.0), Some(404));
@@ -315,11 +303,7 @@ fn sigterm_escalates_to_sigkill_for_a_kubelet_that_ignores_it() {
         port,
         &["--kill-grace", "7", "--health-max-failures", "100"],
     );
-    assert!(
-        emu.wait_health(true, Duration::from_secs(20)),
-        "{}",
-        emu.task_stderr()
-    );
+    emu.expect_healthy(Duration::from_secs(20));
     emu.kill_task();
     let terminal = emu
         .wait_for(Duration::from_secs(12), |v| v["event"] == "terminal")

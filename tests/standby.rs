@@ -113,11 +113,7 @@ fn standby_hands_over_to_run_and_takes_the_host_back_after_a_kill() {
         "task arrived but the lease kubelet never ran: {}",
         emu.task_stderr()
     );
-    assert!(
-        emu.wait_health(true, Duration::from_secs(15)),
-        "{}",
-        emu.task_stderr()
-    );
+    emu.expect_healthy(Duration::from_secs(15));
     assert!(
         emu.task_stderr()
             .contains("asking standby to yield the host")
@@ -229,11 +225,7 @@ fn the_host_settings_file_reaches_run_and_the_metrics_port_follows_the_host() {
         port,
         &["--health-max-failures", "100"],
     );
-    assert!(
-        emu.wait_health(true, Duration::from_secs(20)),
-        "{}",
-        emu.task_stderr()
-    );
+    emu.expect_healthy(Duration::from_secs(20));
     // run took over the metrics port and read kube-reserved from the host's settings file.
     assert!(
         wait_until(Duration::from_secs(5), || metric(

@@ -436,6 +436,15 @@ impl Emulator {
         .is_some()
     }
 
+    /// Waits for a healthy check; fails the test with the agent's log if none comes in time.
+    pub fn expect_healthy(&mut self, timeout: Duration) {
+        assert!(
+            self.wait_health(true, timeout),
+            "never healthy; agent log:\n{}",
+            self.task_stderr()
+        );
+    }
+
     /// The task's stderr (the agent's log) so far.
     pub fn task_stderr(&self) -> String {
         std::fs::read_to_string(self.sandbox.join("stderr")).unwrap_or_default()
