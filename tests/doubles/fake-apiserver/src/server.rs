@@ -2,7 +2,7 @@
 
 use crate::auth::{self, Attrs, User};
 use crate::patch;
-use crate::resources::{self, NAMESPACES, NODES, PDBS, PODS, ResourceDef};
+use crate::resources::{self, LEASES, NAMESPACES, NODES, PDBS, PODS, ResourceDef};
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::store::{self, Event, EventType, State, is_terminating, pod_is_ready};
 use crate::table;
@@ -720,6 +720,9 @@ pub fn create(
         if def.is(PODS) {
             auth::admit_pod_create(st, def, node, &obj)?;
         }
+        if def.is(LEASES) {
+            auth::admit_lease(def, node, ns, &name)?;
+        }
     }
     if def.is(PODS) {
         let spec = obj
@@ -863,6 +866,9 @@ fn mutate(
         if def.is(PODS) && sub == "status" {
             auth::admit_pod_status(def, node, &old, &new)?;
         }
+        if def.is(LEASES) {
+            auth::admit_lease(def, node, ns, name)?;
+        }
     }
     let no_finalizers = new
         .pointer("/metadata/finalizers")
@@ -964,10 +970,13 @@ fn delete(
         .get(def.storage, ns, name)
         .cloned()
         .ok_or_else(|| not_found(def, name))?;
-    if let Some(node) = user.node_name()
-        && def.is(PODS)
-    {
-        auth::admit_pod_delete(def, node, &obj)?;
+    if let Some(node) = user.node_name() {
+        if def.is(PODS) {
+            auth::admit_pod_delete(def, node, &obj)?;
+        }
+        if def.is(LEASES) {
+            auth::admit_lease(def, node, ns, name)?;
+        }
     }
     opts.check(def, &obj)?;
     if def.is(PODS) {

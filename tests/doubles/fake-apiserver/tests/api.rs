@@ -1198,3 +1198,192 @@ fn watch_too_old_resource_version_is_410() {
     );
     assert_eq!(w.next_kind(), ("MODIFIED".into(), "n1".into()));
 }
+
+const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases";
+
+fn lease(name: &str, renew: &str) -> Value {
+    json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": name, "namespace": "kube-node-lease"},
+        "spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": renew}})
+}
+
+#[test]
+fn node_lease_crud_watch_and_conflicts() {
+    let s = seeded(vec![node("n1")]);
+    let (c, d) = get(&s, "/apis/coordination.k8s.io/v1", ADMIN);
+    assert_eq!(c, 200);
+    let names: Vec<&str> = d["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["leases"]);
+    let mut w = Watch::open(&s, &format!("{LEASES}?watch=1&timeoutSeconds=10"), ADMIN);
+
+    // The kubelet's cycle: create its own lease, then renew it with PUTs carrying the
+    // resourceVersion it last saw.
+    let (c, l) = post(
+        &s,
+        LEASES,
+        NODE1,
+        &lease("n1", "2026-01-01T00:00:00.000000Z"),
+    );
+    assert_eq!(c, 201, "{l}");
+    assert_eq!(w.next_kind(), ("ADDED".into(), "n1".into()));
+    let mut renewed = l.clone();
+    renewed["spec"]["renewTime"] = json!("2026-01-01T00:00:10.000000Z");
+    let (c, l2) = put(&s, &format!("{LEASES}/n1"), NODE1, &renewed);
+    assert_eq!(c, 200, "{l2}");
+    assert!(rv(&l2) > rv(&l));
+    let e = w.next().unwrap();
+    assert_eq!(e["type"], "MODIFIED");
+    assert_eq!(
+        e["object"]["spec"]["renewTime"],
+        "2026-01-01T00:00:10.000000Z"
+    );
+    // A second writer with the stale resourceVersion loses with 409.
+    let (c, e) = put(&s, &format!("{LEASES}/n1"), NODE1, &renewed);
+    assert_eq!(c, 409);
+    assert_eq!(e["reason"], "Conflict");
+    assert_eq!(
+        e["message"],
+        "Operation cannot be fulfilled on leases.coordination.k8s.io \"n1\": the object has been modified; please apply your changes to the latest version and try again"
+    );
+    let (c, l3) = patch(
+        &s,
+        &format!("{LEASES}/n1"),
+        NODE1,
+        MP,
+        &json!({"spec": {"renewTime": "2026-01-01T00:00:20.000000Z"}}),
+    );
+    assert_eq!(c, 200);
+    assert_eq!(l3["spec"]["holderIdentity"], "n1");
+    let (c, g) = get(&s, &format!("{LEASES}/n1"), NODE1);
+    assert_eq!(
+        (c, &g["spec"]["renewTime"]),
+        (200, &json!("2026-01-01T00:00:20.000000Z"))
+    );
+    let (c, list) = get(&s, LEASES, ADMIN);
+    assert_eq!(c, 200);
+    assert_eq!(list["kind"], "LeaseList");
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn node_lease_authorization_as_node_authorizer_and_noderestriction() {
+    let s = seeded(vec![
+        node("n1"),
+        node("n2"),
+        lease("n2", "2026-01-01T00:00:00.000000Z"),
+    ]);
+    let deny = |c: u16, e: &Value, want: &str| {
+        assert_eq!(c, 403, "{e}");
+        assert_eq!(e["message"], want);
+    };
+    // Authorizer: another node's lease, by name.
+    let (c, e) = get(&s, &format!("{LEASES}/n2"), NODE1);
+    deny(
+        c,
+        &e,
+        "leases.coordination.k8s.io \"n2\" is forbidden: User \"system:node:n1\" cannot get resource \"leases\" in API group \"coordination.k8s.io\" in the namespace \"kube-node-lease\": can only access node lease with the same name as the requesting node",
+    );
+    let (c, e) = patch(&s, &format!("{LEASES}/n2"), NODE1, MP, &json!({}));
+    assert_eq!(c, 403, "{e}");
+    // No list or watch for nodes.
+    let (c, e) = get(&s, LEASES, NODE1);
+    deny(
+        c,
+        &e,
+        "leases.coordination.k8s.io is forbidden: User \"system:node:n1\" cannot list resource \"leases\" in API group \"coordination.k8s.io\" in the namespace \"kube-node-lease\": can only get, create, update, patch, or delete a node lease",
+    );
+    let (c, _) = get(&s, &format!("{LEASES}?watch=1"), NODE1);
+    assert_eq!(c, 403);
+    // Only kube-node-lease.
+    let (c, e) = post(
+        &s,
+        "/apis/coordination.k8s.io/v1/namespaces/default/leases",
+        NODE1,
+        &json!({"metadata": {"name": "n1"}}),
+    );
+    assert_eq!(c, 403);
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("can only access leases in the \"kube-node-lease\" system namespace"),
+        "{e}"
+    );
+    // Create passes the authorizer whatever the name; NodeRestriction checks the object.
+    let (c, e) = post(
+        &s,
+        LEASES,
+        NODE1,
+        &lease("n3", "2026-01-01T00:00:00.000000Z"),
+    );
+    deny(
+        c,
+        &e,
+        "leases.coordination.k8s.io \"n3\" is forbidden: can only access node lease with the same name as the requesting node",
+    );
+    // NodeRestriction also holds when RBAC grants the node more.
+    post(
+        &s,
+        "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+        ADMIN,
+        &json!({"metadata": {"name": "lease-admin"},
+            "rules": [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["*"]}]}),
+    );
+    post(
+        &s,
+        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+        ADMIN,
+        &json!({"metadata": {"name": "n1-leases"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "lease-admin"},
+            "subjects": [{"kind": "User", "name": "system:node:n1"}]}),
+    );
+    assert_eq!(get(&s, LEASES, NODE1).0, 200, "RBAC grants list");
+    let (c, e) = delete(&s, &format!("{LEASES}/n2"), NODE1, None);
+    deny(
+        c,
+        &e,
+        "leases.coordination.k8s.io \"n2\" is forbidden: can only access node lease with the same name as the requesting node",
+    );
+    let (c, _) = post(
+        &s,
+        LEASES,
+        NODE1,
+        &lease("n1", "2026-01-01T00:00:00.000000Z"),
+    );
+    assert_eq!(c, 201);
+    assert_eq!(delete(&s, &format!("{LEASES}/n1"), NODE1, None).0, 200);
+
+    // Other identities: RBAC only. The agent's grant: get on leases in kube-node-lease.
+    let (c, e) = get(&s, &format!("{LEASES}/n2"), BOB);
+    deny(
+        c,
+        &e,
+        "leases.coordination.k8s.io \"n2\" is forbidden: User \"bob\" cannot get resource \"leases\" in API group \"coordination.k8s.io\" in the namespace \"kube-node-lease\"",
+    );
+    post(
+        &s,
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/kube-node-lease/roles",
+        ADMIN,
+        &json!({"metadata": {"name": "lease-reader"},
+            "rules": [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get"]}]}),
+    );
+    post(
+        &s,
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/kube-node-lease/rolebindings",
+        ADMIN,
+        &json!({"metadata": {"name": "bob-leases"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "lease-reader"},
+            "subjects": [{"kind": "Group", "name": "devs"}]}),
+    );
+    assert_eq!(get(&s, &format!("{LEASES}/n2"), BOB).0, 200);
+    assert_eq!(get(&s, LEASES, BOB).0, 403);
+    assert_eq!(
+        patch(&s, &format!("{LEASES}/n2"), BOB, MP, &json!({})).0,
+        403
+    );
+}
