@@ -1387,3 +1387,149 @@ fn node_lease_authorization_as_node_authorizer_and_noderestriction() {
         403
     );
 }
+
+fn apf_stats(s: &Server) -> Value {
+    let r = request(
+        s,
+        "GET",
+        "/debug/fake-apiserver/apf",
+        None,
+        "application/json",
+        b"",
+    );
+    assert_eq!(r.code, 200);
+    r.json()
+}
+
+fn header<'a>(r: &'a Resp, k: &str) -> Option<&'a str> {
+    r.headers
+        .iter()
+        .find(|(kk, _)| kk == k)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Wait until the priority level has `n` requests in flight.
+fn wait_inflight(s: &Server, level: &str, n: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while apf_stats(s)["priorityLevels"][level]["inflight"] != n {
+        assert!(std::time::Instant::now() < deadline, "never {n} in flight");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn apf_429_with_retry_after_beyond_the_inflight_limit() {
+    let s = start(Opts {
+        seed: Some(json!([node("n1")])),
+        extra: &["--max-inflight", "2", "--latency-ms", "3000"],
+        ..Opts::default()
+    });
+    let st = apf_stats(&s);
+    assert_eq!(
+        (st["maxInflight"].as_u64(), st["rejected"].as_u64()),
+        (Some(2), Some(0))
+    );
+    let bob_nodes = || {
+        request(
+            &s,
+            "GET",
+            "/api/v1/nodes",
+            Some(BOB),
+            "application/json",
+            b"",
+        )
+    };
+    // Two slow requests of bob's (global-default) hold both seats.
+    std::thread::scope(|sc| {
+        let busy: Vec<_> = (0..2).map(|_| sc.spawn(|| bob_nodes().code)).collect();
+        wait_inflight(&s, "global-default", 2);
+        // The third is rejected at once: 429, Retry-After, http.Error's plain text.
+        let r = bob_nodes();
+        assert_eq!(r.code, 429);
+        assert_eq!(header(&r, "retry-after"), Some("1"));
+        assert_eq!(
+            header(&r, "content-type"),
+            Some("text/plain; charset=utf-8")
+        );
+        assert_eq!(header(&r, "x-content-type-options"), Some("nosniff"));
+        assert_eq!(
+            header(&r, "x-kubernetes-pf-prioritylevel-uid"),
+            Some("fake-pl-global-default")
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&r.body),
+            "Too many requests, please try again later.\n"
+        );
+        // Other priority levels keep their own seats: the kubelet's lease (node-high)
+        // and the exempt system:masters are served.
+        let r = request(
+            &s,
+            "GET",
+            "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/n1",
+            Some(NODE1),
+            "application/json",
+            b"",
+        );
+        assert_eq!(r.code, 404, "node-high is not saturated");
+        assert_eq!(
+            header(&r, "x-kubernetes-pf-flowschema-uid"),
+            Some("fake-fs-system-node-high")
+        );
+        assert_eq!(get(&s, "/api/v1/nodes", ADMIN).0, 200);
+        for b in busy {
+            // Served (403: bob may not list nodes; authorization runs after APF).
+            assert_eq!(b.join().unwrap(), 403);
+        }
+    });
+    let st = apf_stats(&s);
+    let gd = &st["priorityLevels"]["global-default"];
+    assert_eq!(gd["rejected"], 1);
+    assert_eq!(gd["peakInflight"], 2);
+    assert_eq!(gd["inflight"], 0);
+    assert_eq!(st["rejected"], 1);
+    // Seats free again.
+    assert_eq!(get(&s, "/api/v1/nodes", BOB).0, 403);
+    // reset=true reports, then zeroes the counters.
+    assert_eq!(
+        request(
+            &s,
+            "GET",
+            "/debug/fake-apiserver/apf?reset=true",
+            None,
+            "application/json",
+            b""
+        )
+        .json()["rejected"],
+        1
+    );
+    assert_eq!(apf_stats(&s)["rejected"], 0);
+}
+
+#[test]
+fn apf_queue_wait_and_masters_not_exempt_on_request() {
+    let s = start(Opts {
+        extra: &[
+            "--max-inflight",
+            "1",
+            "--latency-ms",
+            "1500",
+            "--apf-queue-wait-ms",
+            "20000",
+            "--apf-limit-masters",
+        ],
+        ..Opts::default()
+    });
+    std::thread::scope(|sc| {
+        let first = sc.spawn(|| get(&s, "/api/v1/nodes", ADMIN).0);
+        wait_inflight(&s, "global-default", 1);
+        // Queued until the first frees its seat, then served.
+        assert_eq!(get(&s, "/api/v1/nodes", ADMIN).0, 200);
+        assert_eq!(first.join().unwrap(), 200);
+    });
+    let gd = &apf_stats(&s)["priorityLevels"]["global-default"];
+    assert_eq!(
+        (gd["served"].as_u64(), gd["rejected"].as_u64()),
+        (Some(2), Some(0))
+    );
+    assert_eq!(gd["peakInflight"], 1);
+}
