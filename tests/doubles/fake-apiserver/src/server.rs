@@ -2,6 +2,7 @@
 
 use crate::apf::{self, Apf, RequestInfo};
 use crate::auth::{self, Attrs, User};
+use crate::controllers::{Controllers, Settings as ControllerSettings};
 use crate::patch;
 use crate::resources::{self, LEASES, NAMESPACES, NODES, PDBS, PODS, ResourceDef};
 use crate::selectors::{FieldSelector, LabelSelector};
@@ -36,6 +37,7 @@ pub struct Config {
     pub max_inflight: usize,
     pub apf_queue_wait: Duration,
     pub apf_exempt_masters: bool,
+    pub controllers: ControllerSettings,
     pub fault_file: Option<PathBuf>,
     pub fail_mode: Option<String>,
     pub server_version: String,
@@ -47,6 +49,8 @@ pub struct App {
     pub cfg: Config,
     pub addr: Mutex<String>,
     pub apf: Apf,
+    /// The in-process controllers (`--controllers`); their loop runs in `main`.
+    pub controllers: Mutex<Controllers>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,11 +76,13 @@ impl App {
             .expect("default namespace");
         }
         let apf = Apf::new(cfg.max_inflight, cfg.apf_queue_wait, cfg.apf_exempt_masters);
+        let controllers = Mutex::new(Controllers::new(cfg.controllers.clone()));
         App {
             state: Mutex::new(st),
             cfg,
             addr: Mutex::new(String::new()),
             apf,
+            controllers,
         }
     }
 
@@ -96,6 +102,13 @@ impl App {
 
     pub fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One pass of the enabled controllers (controllers first, then state: the lock order).
+    pub fn run_controllers(&self) {
+        let mut c = self.controllers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = self.lock();
+        c.tick(&mut st, crate::util::unix_now_ms());
     }
 }
 
@@ -242,13 +255,18 @@ fn too_many_requests(r: &apf::Rejected) -> Response<Body> {
 }
 
 /// Test-only endpoints outside the API, served before faults and authentication and
-/// never rate-limited: `GET /debug/fake-apiserver/apf[?reset=true]`.
+/// never rate-limited: `GET /debug/fake-apiserver/apf[?reset=true]` and
+/// `GET /debug/fake-apiserver/controllers`.
 fn debug_endpoint(app: &App, parts: &hyper::http::request::Parts) -> Option<Response<Body>> {
     let rest = parts.uri.path().strip_prefix("/debug/fake-apiserver/")?;
     let query = parse_query(parts.uri.query());
     let reset = matches!(q(&query, "reset"), Some("true" | "1"));
     Some(match (rest.trim_end_matches('/'), &parts.method) {
         ("apf", &Method::GET) => json_response(200, &app.apf.stats(reset)),
+        ("controllers", &Method::GET) => {
+            let c = app.controllers.lock().unwrap_or_else(|e| e.into_inner());
+            json_response(200, &c.stats_json())
+        }
         _ => err_response(&ApiError::not_found_path()),
     })
 }
@@ -1078,7 +1096,7 @@ fn delete(
 
 /// Graceful pod deletion: bound, non-terminal pods get deletionTimestamp and stay until
 /// deleted again with gracePeriodSeconds=0 (the kubelet's final delete).
-fn delete_pod(st: &mut State, def: &ResourceDef, obj: Value, grace: Option<i64>) -> Value {
+pub fn delete_pod(st: &mut State, def: &ResourceDef, obj: Value, grace: Option<i64>) -> Value {
     let phase = obj
         .pointer("/status/phase")
         .and_then(Value::as_str)
