@@ -329,6 +329,73 @@ fn authorize_pod(st: &State, node: &str, a: &Attrs) -> Result<(), String> {
     }
 }
 
+/// `authorizeReadNamespacedObject` for secrets and configmaps: get/list/watch of one
+/// named object that a pod bound to the node references (volumes, env, envFrom,
+/// imagePullSecrets: the graph's edges, pkg/auth/nodeidentifier + graph_populator.go).
+fn authorize_referenced(st: &State, node: &str, a: &Attrs) -> Result<(), String> {
+    if !matches!(a.verb.as_str(), "get" | "list" | "watch") {
+        return Err("can only read resources of this type".into());
+    }
+    if !a.subresource.is_empty() {
+        return Err("cannot read subresource".into());
+    }
+    if a.namespace.is_empty() {
+        return Err("can only read namespaced object of this type".into());
+    }
+    if a.name.is_empty() {
+        return Err("No Object name found".into());
+    }
+    let secret = a.resource == "secrets";
+    let refs = |pod: &Value| -> bool {
+        let name = a.name.as_str();
+        let spec = &pod["spec"];
+        let vol = spec["volumes"].as_array().into_iter().flatten().any(|v| {
+            if secret {
+                v.pointer("/secret/secretName").and_then(Value::as_str) == Some(name)
+            } else {
+                v.pointer("/configMap/name").and_then(Value::as_str) == Some(name)
+            }
+        });
+        let (env_key, from_key) = if secret {
+            ("secretKeyRef", "secretRef")
+        } else {
+            ("configMapKeyRef", "configMapRef")
+        };
+        let containers = ["containers", "initContainers"]
+            .iter()
+            .flat_map(|k| spec[*k].as_array().into_iter().flatten());
+        let env = containers.clone().any(|c| {
+            c["env"].as_array().into_iter().flatten().any(|e| {
+                e.pointer(&format!("/valueFrom/{env_key}/name"))
+                    .and_then(Value::as_str)
+                    == Some(name)
+            }) || c["envFrom"].as_array().into_iter().flatten().any(|e| {
+                e.pointer(&format!("/{from_key}/name"))
+                    .and_then(Value::as_str)
+                    == Some(name)
+            })
+        });
+        let pull = secret
+            && spec["imagePullSecrets"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|s| s.get("name").and_then(Value::as_str) == Some(name));
+        vol || env || pull
+    };
+    let related = st
+        .list(crate::resources::PODS, Some(&a.namespace))
+        .into_iter()
+        .any(|p| p.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node) && refs(p));
+    if related {
+        Ok(())
+    } else {
+        Err(format!(
+            "no relationship found between node '{node}' and this object"
+        ))
+    }
+}
+
 /// The namespace of node Leases (`api.NamespaceNodeLease`).
 pub const NODE_LEASE_NS: &str = "kube-node-lease";
 
@@ -349,6 +416,9 @@ fn node_authorizer(st: &State, node: &str, a: &Attrs) -> Result<(), String> {
             _ => {}
         }
     }
+    if a.group.is_empty() && matches!(a.resource.as_str(), "secrets" | "configmaps") {
+        return authorize_referenced(st, node, a);
+    }
     let v = a.verb.as_str();
     let read = matches!(v, "get" | "list" | "watch");
     let allowed = match (
@@ -365,7 +435,6 @@ fn node_authorizer(st: &State, node: &str, a: &Attrs) -> Result<(), String> {
             matches!(v, "create" | "update" | "patch")
         }
         ("", "services", "") => read,
-        ("", "configmaps" | "secrets", "") => read,
         _ => false,
     };
     if allowed { Ok(()) } else { Err(String::new()) }

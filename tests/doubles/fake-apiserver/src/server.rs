@@ -473,7 +473,7 @@ fn route(
         "deletecollection" => {
             let opts = DeleteOpts::parse(body, &query)?;
             let ls = LabelSelector::parse(q(&query, "labelSelector").unwrap_or(""))?;
-            let fs = FieldSelector::parse(q(&query, "fieldSelector").unwrap_or(""))?;
+            let fs = FieldSelector::parse_for(def, q(&query, "fieldSelector").unwrap_or(""))?;
             let names: Vec<(String, String)> = st
                 .list(def.storage, ns_opt)
                 .into_iter()
@@ -602,7 +602,7 @@ fn list(
     include_object: &str,
 ) -> Result<Reply, ApiError> {
     let ls = LabelSelector::parse(q(query, "labelSelector").unwrap_or(""))?;
-    let fs = FieldSelector::parse(q(query, "fieldSelector").unwrap_or(""))?;
+    let fs = FieldSelector::parse_for(def, q(query, "fieldSelector").unwrap_or(""))?;
     let cont = match q(query, "continue").filter(|c| !c.is_empty()) {
         None => None,
         Some(c) => {
@@ -1427,7 +1427,7 @@ impl WatchFilter {
             ns: ns.map(String::from),
             name: None,
             ls: LabelSelector::parse(q(query, "labelSelector").unwrap_or(""))?,
-            fs: FieldSelector::parse(q(query, "fieldSelector").unwrap_or(""))?,
+            fs: FieldSelector::parse_for(def, q(query, "fieldSelector").unwrap_or(""))?,
             table: None,
         })
     }

@@ -1722,3 +1722,37 @@ fn admission_defaults_and_unhealthy_pod_eviction_rule() {
     assert_eq!(c, 429, "{e}");
     assert_eq!(e["reason"], "TooManyRequests");
 }
+
+#[test]
+fn unsupported_field_selectors_and_node_reads_of_referenced_secrets() {
+    let mut p = pod("default", "uses", "n1", "a");
+    p["spec"]["volumes"] = json!([{"name": "v", "secret": {"secretName": "mine"}}]);
+    let secret = |n: &str| json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": n}});
+    let s = seeded(vec![node("n1"), p, secret("mine"), secret("other")]);
+    let (c, e) = get(&s, "/api/v1/pods?fieldSelector=spec.containers%3Dx", ADMIN);
+    assert_eq!(c, 400);
+    assert_eq!(e["message"], "field label not supported: spec.containers");
+    assert_eq!(
+        get(
+            &s,
+            "/api/v1/nodes?fieldSelector=spec.unschedulable%3Dtrue",
+            ADMIN
+        )
+        .0,
+        200
+    );
+    // A node reads a secret only when one of its pods references it.
+    assert_eq!(
+        get(&s, "/api/v1/namespaces/default/secrets/mine", NODE1).0,
+        200
+    );
+    let (c, e) = get(&s, "/api/v1/namespaces/default/secrets/other", NODE1);
+    assert_eq!(c, 403);
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("no relationship found between node 'n1' and this object")
+    );
+    assert_eq!(get(&s, "/api/v1/namespaces/default/secrets", NODE1).0, 403);
+}
