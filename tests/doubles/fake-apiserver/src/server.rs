@@ -1591,8 +1591,10 @@ fn start_watch(app: Arc<App>, w: WatchSetup) -> Response<Body> {
         let Some(mut events) = events else { return };
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
+        let ends_at = Instant::now() + timeout;
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         let mut last_bookmark = Instant::now();
+        let mut final_bookmark = false;
         loop {
             tokio::select! {
                 _ = &mut deadline => return,
@@ -1605,13 +1607,9 @@ fn start_watch(app: Arc<App>, w: WatchSetup) -> Response<Body> {
                                 return;
                             }
                     }
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        let e = ApiError::new(410, "Expired", "watch fell behind; too old resource version");
-                        let mut v = serde_json::to_vec(&json!({"type": "ERROR", "object": e.status()})).unwrap_or_default();
-                        v.push(b'\n');
-                        let _ = tx.send(Ok(Bytes::from(v))).await;
-                        return;
-                    }
+                    // A watcher that cannot keep up is closed by the cacher
+                    // ("Forcing watcher close due to unresponsiveness"): the stream ends.
+                    Err(broadcast::error::RecvError::Lagged(_)) => return,
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
                 _ = tick.tick() => {
@@ -1619,8 +1617,14 @@ fn start_watch(app: Arc<App>, w: WatchSetup) -> Response<Body> {
                         let _ = tx.send(Err("fault injected: down".into())).await;
                         return;
                     }
-                    if bookmarks && last_bookmark.elapsed() >= Duration::from_secs(30) {
+                    // The cacher's bookmarks: about every minute
+                    // (defaultBookmarkFrequency) and one ~2 s before the deadline.
+                    let near_end = ends_at.saturating_duration_since(Instant::now()) <= Duration::from_secs(2);
+                    if bookmarks
+                        && (last_bookmark.elapsed() >= Duration::from_secs(60) || (near_end && !final_bookmark))
+                    {
                         last_bookmark = Instant::now();
+                        final_bookmark |= near_end;
                         if tx.send(Ok(bookmark(def, rv, false))).await.is_err() {
                             return;
                         }

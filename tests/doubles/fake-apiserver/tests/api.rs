@@ -1756,3 +1756,24 @@ fn unsupported_field_selectors_and_node_reads_of_referenced_secrets() {
     );
     assert_eq!(get(&s, "/api/v1/namespaces/default/secrets", NODE1).0, 403);
 }
+
+#[test]
+fn watch_sends_a_bookmark_before_its_deadline() {
+    let s = seeded(vec![node("n1")]);
+    let (_, l) = get(&s, "/api/v1/nodes", ADMIN);
+    let mut w = Watch::open(
+        &s,
+        &format!(
+            "/api/v1/nodes?watch=1&resourceVersion={}&allowWatchBookmarks=true&timeoutSeconds=3",
+            rv(&l)
+        ),
+        ADMIN,
+    );
+    let events: Vec<Value> = std::iter::from_fn(|| w.next()).collect();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["type"], "BOOKMARK");
+    assert_eq!(
+        events[0]["object"]["metadata"]["resourceVersion"],
+        l["metadata"]["resourceVersion"]
+    );
+}
