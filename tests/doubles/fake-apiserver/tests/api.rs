@@ -475,13 +475,7 @@ fn eviction_404_200_429_and_success() {
     let (_, p) = get(&s, "/api/v1/namespaces/default/pods/free", ADMIN);
     assert_eq!(p["metadata"]["deletionGracePeriodSeconds"], 3);
     // The eviction marked it first (PodDisruptionConditions).
-    let dt = p["status"]["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "DisruptionTarget")
-        .cloned()
-        .unwrap();
+    let dt = condition(&p, "DisruptionTarget");
     assert_eq!(
         (&dt["status"], &dt["reason"], &dt["message"]),
         (

@@ -46,10 +46,7 @@ fn pod_node(s: &Server, name: &str) -> String {
 
 fn scheduled_condition(s: &Server, name: &str) -> Value {
     let (_, p) = get(s, &format!("/api/v1/namespaces/default/pods/{name}"), ADMIN);
-    p["status"]["conditions"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["type"] == "PodScheduled").cloned())
-        .unwrap_or(Value::Null)
+    condition(&p, "PodScheduled")
 }
 
 #[test]
@@ -271,13 +268,7 @@ fn renew(s: &Server, node: &str, t: u64) {
 
 fn ready_of(s: &Server) -> (Value, Vec<String>) {
     let (_, n) = get(s, "/api/v1/nodes/n1", ADMIN);
-    let ready = n["status"]["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Ready")
-        .cloned()
-        .unwrap();
+    let ready = condition(&n, "Ready");
     let taints = n["spec"]["taints"]
         .as_array()
         .map(|ts| {
@@ -357,13 +348,7 @@ fn node_lifecycle_marks_a_node_unknown_when_its_lease_is_not_renewed() {
         let (_, p) = get(&s, "/api/v1/namespaces/default/pods/bare", ADMIN);
         p["metadata"]["deletionTimestamp"].is_string().then_some(p)
     });
-    let dt = gone["status"]["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "DisruptionTarget")
-        .cloned()
-        .unwrap();
+    let dt = condition(&gone, "DisruptionTarget");
     assert_eq!(dt["reason"], "DeletionByTaintManager");
     let (_, tp) = get(&s, "/api/v1/namespaces/default/pods/tolerant", ADMIN);
     assert!(tp["metadata"]["deletionTimestamp"].is_null());
