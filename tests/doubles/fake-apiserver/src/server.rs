@@ -564,11 +564,17 @@ fn conflict(def: &ResourceDef, name: &str, why: &str) -> ApiError {
     .with_details(details(name, def.group, def.plural))
 }
 
+/// 422 as `apierrors.NewInvalid`: the qualified kind (`Lease.coordination.k8s.io`).
 fn invalid(def: &ResourceDef, name: &str, field: &str, msg: &str) -> ApiError {
+    let kind = if def.group.is_empty() {
+        def.kind.to_string()
+    } else {
+        format!("{}.{}", def.kind, def.group)
+    };
     ApiError::new(
         422,
         "Invalid",
-        format!("{} \"{}\" is invalid: {}: {}", def.kind, name, field, msg),
+        format!("{kind} \"{name}\" is invalid: {field}: {msg}"),
     )
     .with_details(json!({"name": name, "group": def.group, "kind": def.kind,
         "causes": [{"reason": "FieldValueInvalid", "message": msg, "field": field}]}))
@@ -890,6 +896,9 @@ pub fn create(
         let pods = st.list(PODS, Some(ns));
         obj["status"] = store::pdb_status(&obj, &pods);
     }
+    if def.is(LEASES) {
+        validate_lease(def, &name, &obj)?;
+    }
     let stored = st.insert(def.storage, obj);
     Ok(out(def, &stored))
 }
@@ -990,6 +999,9 @@ fn mutate(
     if def.is(PODS) && sub.is_empty() {
         check_pod_update(def, name, &old, &new)?;
     }
+    if def.is(LEASES) {
+        validate_lease(def, name, &new)?;
+    }
     if old.get("spec") != new.get("spec") {
         let g = old
             .pointer("/metadata/generation")
@@ -1025,6 +1037,32 @@ fn mutate(
     }
     let stored = st.replace(def.storage, new);
     Ok(out(def, &stored))
+}
+
+/// ValidateLeaseSpec (pkg/apis/coordination/validation/validation.go).
+fn validate_lease(def: &ResourceDef, name: &str, lease: &Value) -> Result<(), ApiError> {
+    let int = |k: &str| lease.pointer(&format!("/spec/{k}")).and_then(Value::as_i64);
+    if let Some(d) = int("leaseDurationSeconds")
+        && d <= 0
+    {
+        return Err(invalid(
+            def,
+            name,
+            "spec.leaseDurationSeconds",
+            &format!("Invalid value: {d}: must be greater than 0"),
+        ));
+    }
+    if let Some(t) = int("leaseTransitions")
+        && t < 0
+    {
+        return Err(invalid(
+            def,
+            name,
+            "spec.leaseTransitions",
+            &format!("Invalid value: {t}: must be greater than or equal to 0"),
+        ));
+    }
+    Ok(())
 }
 
 /// ValidatePodUpdate (pkg/apis/core/validation/validation.go): besides metadata, an

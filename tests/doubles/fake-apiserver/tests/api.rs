@@ -1356,6 +1356,18 @@ fn node_lease_crud_watch_and_conflicts() {
         (c, &g["spec"]["renewTime"]),
         (200, &json!("2026-01-01T00:00:20.000000Z"))
     );
+    let (c, e) = patch(
+        &s,
+        &format!("{LEASES}/n1"),
+        NODE1,
+        MP,
+        &json!({"spec": {"leaseDurationSeconds": 0}}),
+    );
+    assert_eq!(c, 422);
+    assert_eq!(
+        e["message"],
+        "Lease.coordination.k8s.io \"n1\" is invalid: spec.leaseDurationSeconds: Invalid value: 0: must be greater than 0"
+    );
     let (c, list) = get(&s, LEASES, ADMIN);
     assert_eq!(c, 200);
     assert_eq!(list["kind"], "LeaseList");
