@@ -29,6 +29,7 @@ use tokio::sync::{broadcast, mpsc};
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = BoxBody<Bytes, BoxError>;
 
+/// Server settings from the command line.
 pub struct Config {
     pub tokens: Option<HashMap<String, User>>,
     pub latency: Duration,
@@ -44,6 +45,7 @@ pub struct Config {
     pub log_requests: bool,
 }
 
+/// The server: state, settings, API Priority and Fairness and the controllers.
 pub struct App {
     pub state: Mutex<State>,
     pub cfg: Config,
@@ -541,6 +543,7 @@ fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
     Ok(v)
 }
 
+/// 404 `<resource> "<name>" not found`.
 pub fn not_found(def: &ResourceDef, name: &str) -> ApiError {
     ApiError::new(
         404,
@@ -1444,6 +1447,7 @@ fn evict(
 
 // ------------------------------------------------------------------------- watch
 
+/// What a watch selects and how it renders events.
 pub struct WatchFilter {
     storage: &'static str,
     ns: Option<String>,
@@ -1515,6 +1519,7 @@ impl WatchFilter {
     }
 }
 
+/// A watch ready to stream: initial events and the live subscription.
 pub struct WatchSetup {
     def: &'static ResourceDef,
     initial: Vec<Bytes>,
