@@ -582,7 +582,9 @@ stop_nspawn() {
   NSPAWN_PID=""
 }
 if ((ROOTFS_OK && KUBELET_DEBS_OK)) && [[ -n "${KRW_BINARY:-}" ]]; then
-  if check "systemd-nspawn -b boots the node rootfs; the assertion unit runs and powers off" boot_node; then
+  check "systemd-nspawn -b boots the node rootfs; the assertion unit runs and powers off" boot_node
+  # every result the assertion unit wrote, also when the boot had to be cut short
+  if [[ -f "$ROOTFS/var/lib/krw-check/results" ]]; then
     while read -r status name; do
       if [[ $status == ok ]]; then ok "nspawn: $name"; else bad "nspawn: $name"; fi
     done <"$ROOTFS/var/lib/krw-check/results"

@@ -62,6 +62,41 @@ if d.get("pid") != pid or a.get("cpu_millicores") != cpu or a.get("memory_bytes"
     sys.exit(f"status pid={d.get('pid')} allocatable={a}, want pid={pid} cpu={cpu} memory={mem}")
 PY
 }
+# pod STATE: the static pod "web" (100m CPU, 64Mi) in the current kubelet's status:
+#   running  = admitted, phase Running, its process alive (pid saved in $OUT/pod.pid)
+#   rejected = phase Failed, reason OutOfcpu, and no process of it left
+pod() {
+  python3 - "$STATUS" "$1" "$OUT/pod.pid" "$(kubelets | head -n 1)" <<'PY'
+import json, os, sys
+path, want, pidfile, kubelet = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+d = json.load(open(path))
+if str(d.get("pid")) != kubelet:
+    sys.exit(f"status is from pid {d.get('pid')}, kubelet is {kubelet}")
+p = next((p for p in d.get("pods", []) if p.get("name") == "web"), None)
+if p is None:
+    sys.exit("pod web not in status")
+def alive(pid):
+    try:
+        return open(f"/proc/{pid}/comm").read().strip() == "sleep"
+    except OSError:
+        return False
+if want == "running":
+    ok = p.get("admitted") and p.get("phase") == "Running" and p.get("pid") and alive(p["pid"])
+    if ok:
+        open(pidfile, "w").write(str(p["pid"]))
+else:
+    ok = p.get("phase") == "Failed" and p.get("reason") == "OutOfcpu" and not (p.get("pid") and alive(p["pid"]))
+if not ok:
+    sys.exit(f"pod web: {p}")
+PY
+}
+# the pod process that ran under `run` is gone
+pod_process_gone() {
+  local pid
+  pid=$(cat "$OUT/pod.pid" 2>/dev/null) || return 1
+  [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" != sleep ]]
+}
+pod_rejected_and_gone() { pod rejected && pod_process_gone; }
 healthz_ok() {
   python3 -c 'import urllib.request as u; r = u.urlopen("http://127.0.0.1:10248/healthz", timeout=2); assert r.status == 200' 2>&1
 }
@@ -92,6 +127,14 @@ trap finish EXIT
 LEASE_MEM_BYTES=$((MEM * 1024 * 1024))
 LEASE_CPU_M=$(python3 -c "print(round(float('$CPUS') * 1000))")
 
+# a static pod that requests resources: admitted only while the node has allocatable
+mkdir -p /etc/kubernetes/manifests
+cat >/etc/kubernetes/manifests/web.json <<'EOF'
+{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "namespace": "default"},
+ "spec": {"terminationGracePeriodSeconds": 5, "containers": [{"name": "web", "command": ["sleep", "infinity"],
+  "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}]}}
+EOF
+
 # 1. boot: standby enabled, running, kubelet with zero allocatable
 check "PID 1 is systemd ($(cat /proc/1/comm))" test "$(cat /proc/1/comm)" = systemd
 check "standby unit is enabled" test "$(systemctl is-enabled "$UNIT")" = enabled
@@ -99,6 +142,8 @@ check "standby unit is active after boot" wait_for 60 systemctl is-active -q "$U
 check "standby's kubelet runs with zero allocatable (cpu 0, memory 0)" wait_for 60 serving "$UNIT" 0 0
 check "standby's kubelet runs without the agent-owned reservation in config.yaml" \
   bash -c "! grep -Eq '^(systemReserved|kubeReserved|evictionHard|enforceNodeAllocatable|reservedSystemCPUs|reservedMemory|healthzPort|healthzBindAddress):' /var/lib/kubelet/config.yaml"
+
+check "under standby a pod requesting 100m CPU is rejected (OutOfcpu), no process" wait_for 30 pod rejected
 
 touch "$OUT/sampling"
 sampler &
@@ -110,10 +155,13 @@ check "run takes the host over: one kubelet, child of run, allocatable = lease" 
   wait_for 60 serving "$RUN" "$LEASE_CPU_M" "$LEASE_MEM_BYTES"
 check "standby stays active (waiting) while run holds the host" systemctl is-active -q "$UNIT"
 check "run's /healthz answers 200" wait_for 60 healthz_ok
+check "under run the pod is admitted and its process runs" wait_for 30 pod running
 
 # 3. SIGKILL of run: standby takes the host back
 check "SIGKILL to run's main process" kill -KILL "$(main_pid "$RUN")"
 check "after run's SIGKILL standby takes the host back (zero allocatable)" wait_for 30 serving "$UNIT" 0 0
+check "after run's SIGKILL standby's kubelet rejects the pod and stops its process" \
+  wait_for 30 pod_rejected_and_gone
 
 # 4. restart of standby: never two kubelets, back with zero allocatable
 old=$(main_pid "$UNIT")
@@ -125,11 +173,13 @@ check "after restart standby's kubelet has zero allocatable" wait_for 60 serving
 # 5. run again, then a graceful stop of run: it drains and hands back
 check "systemd-run starts 'run' again" start_run
 check "run takes over again" wait_for 60 serving "$RUN" "$LEASE_CPU_M" "$LEASE_MEM_BYTES"
+check "under run the pod runs again" wait_for 30 pod running
 t0=$SECONDS
 check "systemctl stop run (SIGTERM: drain window ${RUN_DRAIN}s)" timeout $((RUN_DRAIN + 30)) systemctl stop "$RUN"
 dt=$((SECONDS - t0))
 check "run drained and exited 0 in ${dt}s (drain ${RUN_DRAIN}s + stop)" \
-  bash -c "journalctl -u $RUN -o cat | grep -q 'task kill finished' && (( $dt <= $RUN_DRAIN + 20 ))"
+  bash -c "journalctl -u $RUN -o cat | grep -q 'task kill finished' && journalctl -u $RUN -o cat | grep -q 'Deactivated successfully' && (( $dt <= $RUN_DRAIN + 20 ))"
+check "run's drain left no pod process on the host" pod_process_gone
 check "after run stops standby takes the host back" wait_for 30 serving "$UNIT" 0 0
 
 rm -f "$OUT/sampling"
