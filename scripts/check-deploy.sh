@@ -385,7 +385,7 @@ apply_role() {
 recap() { # recap OUTFILE FIELD -> number from the PLAY RECAP line of host rootfs
   sed -n "s/^rootfs *:.*$2=\([0-9]*\).*/\1/p" "$1" | tail -n 1
 }
-AGENT_OWNED_CONFIG='systemReserved|kubeReserved|evictionHard|enforceNodeAllocatable|reservedSystemCPUs|reservedMemory|healthzPort|healthzBindAddress'
+AGENT_OWNED_CONFIG='systemReserved|kubeReserved|evictionHard|enforceNodeAllocatable|reservedSystemCPUs|reservedMemory|healthzPort|healthzBindAddress|systemReservedCgroup|kubeReservedCgroup'
 # assert_rootfs MODE: MODE=drain (apply #1: drain kubeconfig, bootstrap, offline kubelet) or
 # plain (apply #3: defaults, kubelet from the local apt repository)
 assert_rootfs() {
@@ -507,6 +507,10 @@ if ((ROOTFS_OK && KUBELET_DEBS_OK)); then
   if [[ -n "${KRW_BINARY:-}" ]]; then
     check "installed binary runs inside the rootfs, also through /usr/local/bin (--version)" \
       has "^kubelet-resource-wrapper " <(timeout 30 chroot "$ROOTFS" /usr/local/bin/kubelet-resource-wrapper --version 2>&1)
+  fi
+  if [[ -n "${KRW_BINARY:-}" ]]; then
+    check "the agent accepts the role's config.yaml (plan -- --config=...)" \
+      timeout 60 "$BIN_SRC" plan --cpus 1 --mem 1024 --kubelet /bin/true -- --config="$ROOTFS/var/lib/kubelet/config.yaml"
   fi
   check "apply #2 (same vars) succeeds" \
     apply_role "$TMP/apply2.out" -e @"$TMP/drain-vars.json" -e "$PK_VARS"

@@ -141,7 +141,7 @@ check "standby unit is enabled" test "$(systemctl is-enabled "$UNIT")" = enabled
 check "standby unit is active after boot" wait_for 60 systemctl is-active -q "$UNIT"
 check "standby's kubelet runs with zero allocatable (cpu 0, memory 0)" wait_for 60 serving "$UNIT" 0 0
 check "standby's kubelet runs without the agent-owned reservation in config.yaml" \
-  bash -c "! grep -Eq '^(systemReserved|kubeReserved|evictionHard|enforceNodeAllocatable|reservedSystemCPUs|reservedMemory|healthzPort|healthzBindAddress):' /var/lib/kubelet/config.yaml"
+  bash -c "! grep -Eq '^(systemReserved|kubeReserved|evictionHard|enforceNodeAllocatable|reservedSystemCPUs|reservedMemory|healthzPort|healthzBindAddress|systemReservedCgroup|kubeReservedCgroup):' /var/lib/kubelet/config.yaml"
 
 check "under standby a pod requesting 100m CPU is rejected (OutOfcpu), no process" wait_for 30 pod rejected
 
