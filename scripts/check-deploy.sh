@@ -600,6 +600,50 @@ if ((ROOTFS_OK && KUBELET_DEBS_OK)) && [[ -n "${KRW_BINARY:-}" ]]; then
 fi
 
 # --------------------------------------------------------------------------
+section "(d3) a host from before the .deb, moved onto it (same rootfs)"
+# legacy: the binary copied to /usr/local/bin and the unit copied to /etc/systemd/system (the
+# role's old defaults); then the default apply must move the host onto the .deb and keep
+# /usr/local/bin/kubelet-resource-wrapper working as a symlink.
+# verify_in_rootfs UNIT: systemd-analyze verify with the rootfs' own systemd and binaries
+verify_in_rootfs() {
+  local out; out=$(timeout 60 chroot "$ROOTFS" systemd-analyze verify --recursive-errors=no --man=no "$1" 2>&1)
+  local rc=$?
+  echo "$out"
+  [[ $rc -eq 0 && -z "$out" ]]
+}
+assert_legacy() {
+  local r=$ROOTFS e=0 unit=kubelet-resource-wrapper-standby.service
+  want() { if ! eval "$1"; then echo "assertion failed: $2"; e=1; fi; }
+  want '[[ -f $r/usr/local/bin/kubelet-resource-wrapper && ! -L $r/usr/local/bin/kubelet-resource-wrapper ]]' "binary copied to /usr/local/bin"
+  want 'cmp -s "$BIN_SRC" "$r/usr/local/bin/kubelet-resource-wrapper"' "binary content"
+  want 'cmp -s "$REPO/packaging/$unit" "$r/etc/systemd/system/$unit"' "unit copied to /etc/systemd/system"
+  want 'grep -qx "ExecStart=/usr/local/bin/kubelet-resource-wrapper standby" "$r/etc/systemd/system/$unit.d/10-ansible.conf"' "drop-in points ExecStart at the binary"
+  want '[[ "$(readlink $r/etc/systemd/system/multi-user.target.wants/$unit)" == /etc/systemd/system/$unit ]]' "enable symlink -> /etc copy"
+  want 'verify_in_rootfs /etc/systemd/system/$unit' "systemd-analyze verify (rootfs) of the copy + drop-in"
+  return $e
+}
+assert_migrated() {
+  local r=$ROOTFS e=0 unit=kubelet-resource-wrapper-standby.service
+  want() { if ! eval "$1"; then echo "assertion failed: $2"; e=1; fi; }
+  want '[[ "$(chroot "$r" dpkg-query -W -f="\${Version} \${Status}" kubelet-resource-wrapper)" == "$DEB_VERSION-1 install ok installed" ]]' "agent .deb installed"
+  want '[[ "$(readlink $r/usr/local/bin/kubelet-resource-wrapper)" == /usr/bin/kubelet-resource-wrapper ]]' "old binary replaced by a symlink to /usr/bin"
+  want '[[ ! -e $r/etc/systemd/system/$unit ]]' "old unit copy removed"
+  want '! grep -q "^ExecStart" "$r/etc/systemd/system/$unit.d/10-ansible.conf"' "drop-in no longer overrides ExecStart"
+  want '[[ "$(readlink $r/etc/systemd/system/multi-user.target.wants/$unit)" == /lib/systemd/system/$unit ]]' "enable symlink -> the package's unit"
+  want 'verify_in_rootfs /lib/systemd/system/$unit' "systemd-analyze verify (rootfs) of the package's unit + drop-in"
+  want '[[ "$(timeout 30 chroot $r /usr/local/bin/kubelet-resource-wrapper --version)" == "kubelet-resource-wrapper $DEB_VERSION" ]]' "old path still runs the agent"
+  return $e
+}
+if ((ROOTFS_OK && KUBELET_DEBS_OK)); then
+  check "legacy host: the agent's package purged" timeout 120 chroot "$ROOTFS" dpkg --purge kubelet-resource-wrapper
+  check "apply #6 (legacy: binary_src, binary_dest /usr/local/bin)" apply_role "$TMP/apply6.out" -e @"$TMP/apt-vars.json" \
+    -e "kubelet_resource_wrapper_binary_src=$BIN_SRC" -e kubelet_resource_wrapper_binary_dest=/usr/local/bin/kubelet-resource-wrapper
+  check "legacy layout: binary + unit copy in /etc, ExecStart drop-in, enable link" assert_legacy
+  check "apply #7 (defaults: the .deb) on the legacy host" apply_role "$TMP/apply7.out" -e @"$TMP/apt-vars.json"
+  check "migrated: .deb installed, /usr/local/bin symlink, unit copy gone, enable link -> /lib unit" assert_migrated
+fi
+
+# --------------------------------------------------------------------------
 section "(e) Marathon playbooks against the fake Marathon"
 FAKE_BIN=${KRW_FAKE_MARATHON:-$REPO/target/debug/fake-marathon}
 FAKE_URL=""
