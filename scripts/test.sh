@@ -6,9 +6,11 @@
 #   2. cargo test --workspace: unit tests, integration tests of the agent through the test
 #      doubles (Mesos task emulator, fake kubelet, fake kube-apiserver, fake Marathon), and the
 #      doubles' own tests (the fake kube-apiserver's against the real kubectl)
-#   3. the release build (packaging/build-release.sh)
-#   4. scripts/check-deploy.sh: Marathon schema, systemd-analyze verify, ansible-lint and a real
-#      Ansible apply into a debootstrap rootfs, playbooks against the fake Marathon, packer validate
+#   3. the release build (packaging/build-release.sh: static binary and .deb)
+#   4. scripts/check-deploy.sh: Marathon schema, systemd-analyze verify, ansible-lint, the .deb
+#      (lintian, dpkg -i/upgrade/purge), a real Ansible apply into a debootstrap rootfs
+#      (containerd, kubelet), that rootfs booted under systemd-nspawn (standby under PID 1
+#      systemd), playbooks against the fake Marathon, packer validate
 # Exit status: non-zero if anything failed. Needs root (or sudo) for apt and the chroot apply.
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -22,8 +24,10 @@ step() { printf '\n== %s (%ss)\n' "$*" "$(( $(date +%s) - start ))"; }
 
 step "system packages"
 # curl: the Mesos emulator's MESOS_HTTP checks; openssl: TLS certificates for kubectl tests;
-# the rest: the deployment checks.
-apt_pkgs=(curl ca-certificates openssl python3 python3-venv packer ansible debootstrap systemd)
+# the rest: the deployment checks (systemd-container: systemd-nspawn boots the node rootfs;
+# dpkg-dev: dpkg-shlibdeps for the agent's .deb, dpkg-scanpackages for a test apt repo).
+apt_pkgs=(curl ca-certificates openssl python3 python3-venv packer ansible debootstrap systemd
+  systemd-container lintian dpkg-dev)
 missing=()
 for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then
