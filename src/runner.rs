@@ -38,6 +38,7 @@ pub fn block_on<F: Future<Output = Result<(), Failure>>>(future: F) -> Result<()
 pub fn run(args: RunArgs) -> Result<(), Failure> {
     let setup = setup::prepare(&args.node, LeaseMode::FromSources)?;
     setup::check_kubelet_binary(&setup.kubelet)?;
+    setup::check_mount_namespace(&args.node)?;
     block_on(async move {
         let run_lock = lock::try_acquire(&lock::run_lock_path(&args.lock_file), Role::Run)
             .map_err(lock_failure)?;
