@@ -92,21 +92,24 @@ fn read_file(path: PathBuf) -> Result<(PathBuf, String), CapacityError> {
 /// `MemTotal:  16384000 kB` → bytes, with cAdvisor's regexp `MemTotal:\s*([0-9]+) kB`.
 fn read_mem_total(root: &Path) -> Result<u64, CapacityError> {
     let (path, text) = read_file(root.join("proc/meminfo"))?;
-    let malformed = |problem: &str| CapacityError::Malformed {
-        path: path.clone(),
+    parse_mem_total(&text).map_err(|problem| CapacityError::Malformed {
+        path,
         problem: problem.to_string(),
-    };
+    })
+}
+
+/// The `MemTotal` of a `/proc/meminfo` text, in bytes.
+pub fn parse_mem_total(text: &str) -> Result<u64, &'static str> {
     let line = text
         .lines()
         .find_map(|l| l.strip_prefix("MemTotal:"))
-        .ok_or_else(|| malformed("no MemTotal line"))?;
+        .ok_or("no MemTotal line")?;
     let kib = line
         .trim_start()
         .strip_suffix(" kB")
         .and_then(|n| n.parse::<u64>().ok())
-        .ok_or_else(|| malformed("MemTotal is not '<number> kB'"))?;
-    kib.checked_mul(1024)
-        .ok_or_else(|| malformed("MemTotal is too large"))
+        .ok_or("MemTotal is not '<number> kB'")?;
+    kib.checked_mul(1024).ok_or("MemTotal is too large")
 }
 
 /// Counts logical CPUs the way cAdvisor's `GetNodesInfo` does (`utils/sysinfo/sysinfo.go`):
