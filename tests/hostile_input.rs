@@ -22,9 +22,22 @@ struct Outcome {
 
 /// Runs the agent with a deadline; a run past it is killed (by pid) and fails the test.
 fn agent_within(args: &[&str], env: &[(&str, String)]) -> Outcome {
+    agent_limited(args, env, None)
+}
+
+/// [`agent_within`], optionally with its address space capped (`prlimit --as`), as a host
+/// with little free memory would cap it.
+fn agent_limited(args: &[&str], env: &[(&str, String)], max_bytes: Option<u64>) -> Outcome {
     let out_file = tempfile::NamedTempFile::new().expect("stdout file");
     let err_file = tempfile::NamedTempFile::new().expect("stderr file");
-    let mut cmd = Command::new(AGENT);
+    let mut cmd = match max_bytes {
+        Some(bytes) => {
+            let mut c = Command::new("prlimit");
+            c.arg(format!("--as={bytes}")).arg("--").arg(AGENT);
+            c
+        }
+        None => Command::new(AGENT),
+    };
     cmd.args(args)
         .env_clear()
         .env("PATH", "/usr/bin:/bin")
@@ -224,20 +237,22 @@ fn huge_files_are_refused_by_size() {
 #[test]
 fn a_cpu_online_list_of_three_thousand_ranges_is_counted() {
     let scratch = Scratch::new(4, 8);
-    // 3,000 ranges (~40 KB), overlapping the 4 real CPUs' ids once each.
+    // 3,000 ranges of 65,536 ids each (~55 KB), the first covering the 4 real CPUs. Expanded id
+    // by id they would need 1.5 GB; under a 1 GiB address space that aborted the agent (rc 134).
     let list: Vec<String> = (0..3000u64)
-        .map(|i| format!("{}-{}", i * 20, i * 20 + 9))
+        .map(|i| format!("{}-{}", i * 70_000, i * 70_000 + 65_535))
         .collect();
     let text = list.join(",");
-    assert!(text.len() > 30_000);
+    assert!(text.len() > 40_000);
     std::fs::write(
         scratch.host_root().join("sys/devices/system/cpu/online"),
         format!("{text}\n"),
     )
     .expect("write online");
-    let o = agent_within(
+    let o = agent_limited(
         &["plan", "--output", "json"],
         &with(base_env(&scratch), &lease()),
+        Some(1 << 30),
     );
     assert_eq!(o.code, Some(0), "{}", o.stderr);
     let v: serde_json::Value = serde_json::from_str(&o.stdout).expect("json");
