@@ -297,15 +297,6 @@ pub fn parse_record(text: &str) -> Holder {
     }
 }
 
-/// Reads who holds a lock file (best effort; the file is opened as safely as for locking).
-pub fn read_holder(path: &Path) -> Holder {
-    open(path).map(|f| read_record(&f)).unwrap_or(Holder {
-        pid: None,
-        role: None,
-        start_time: None,
-    })
-}
-
 /// Tries to take `path` exclusively without waiting, recording this process as `role`.
 pub fn try_acquire(path: &Path, role: Role) -> Result<HostLock, LockError> {
     for _ in 0..4 {
