@@ -268,7 +268,7 @@ fn load_app(
     path: &PathBuf,
     app_id: &str,
 ) -> Result<(serde_json::Map<String, Value>, Option<String>), Failure> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let text = crate::fsread::read_text(path, crate::fsread::CONFIG_CAP).map_err(|e| {
         Failure::new(
             ExitStatus::Usage,
             format!(
