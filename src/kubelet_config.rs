@@ -145,7 +145,16 @@ pub fn parse(path: &Path, text: &str) -> Result<Map<String, Value>, ConfigError>
     let value: Value = if text.trim_start().starts_with('{') {
         serde_json::from_str(text).map_err(|e| syntax(e.to_string()))?
     } else {
-        serde_yaml_ng::from_str(text).map_err(|e| syntax(e.to_string()))?
+        // Kubelet's YAML reader (go-yaml via sigs.k8s.io/yaml) applies YAML 1.1 merge keys
+        // (`<<: {reservedSystemCPUs: ...}`), so the agent applies them too before looking at
+        // the fields; a merge left over after that (merge inside merge) is refused.
+        let mut yaml: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(text).map_err(|e| syntax(e.to_string()))?;
+        yaml.apply_merge().map_err(|e| syntax(e.to_string()))?;
+        if yaml.as_mapping().is_some_and(|m| m.contains_key("<<")) {
+            return Err(syntax("a YAML merge key (<<) inside a merge".into()));
+        }
+        serde_json::to_value(yaml).map_err(|e| syntax(e.to_string()))?
     };
     match value {
         Value::Object(map) => Ok(map),
@@ -351,6 +360,23 @@ mod tests {
         ));
         assert!(matches!(
             parse(path, "a: [\n"),
+            Err(ConfigError::Syntax { .. })
+        ));
+    }
+
+    #[test]
+    fn yaml_merge_keys_are_applied_as_kubelet_applies_them() {
+        let path = Path::new("/k.yaml");
+        let merged = format!(
+            "apiVersion: {API_VERSION}\nkind: {KIND}\nbase: &b {{reservedSystemCPUs: \"0\"}}\n<<: *b\n"
+        );
+        let err = check(path, &parse(path, &merged).expect("merge")).expect_err("merged field");
+        assert!(err.to_string().contains("reservedSystemCPUs"), "{err}");
+        let nested = format!(
+            "apiVersion: {API_VERSION}\nkind: {KIND}\n<<: {{<<: {{reservedSystemCPUs: \"0\"}}}}\n"
+        );
+        assert!(matches!(
+            parse(path, &nested),
             Err(ConfigError::Syntax { .. })
         ));
     }
