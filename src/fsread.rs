@@ -1,10 +1,11 @@
 //! Bounded reads of the files the agent reads: the settings file, the legacy lease file, the
 //! kubelet arguments and config files, the lock record and the host's `/proc` and `/sys` files.
 //!
-//! Every file is opened `O_RDONLY|O_NONBLOCK|O_NOCTTY|O_CLOEXEC`, so opening a FIFO or a device
-//! never waits; then `fstat` on the open descriptor must say *regular file* (procfs and sysfs
-//! files are regular files too), and at most `cap` bytes are read, so `/dev/zero`, a FIFO, a
-//! socket or a huge file is one clear error instead of a hang or unbounded memory.
+//! Every path is first checked to name a regular file (a FIFO or device is not even opened),
+//! then opened `O_RDONLY|O_NONBLOCK|O_NOCTTY|O_CLOEXEC`, so opening never waits; `fstat` on the
+//! open descriptor must say *regular file* as well (procfs and sysfs files are regular files
+//! too), and at most `cap` bytes are read, so `/dev/zero`, a FIFO, a socket or a huge file is
+//! one clear error instead of a hang or unbounded memory.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
@@ -87,8 +88,17 @@ pub fn kind_of(file_type: std::fs::FileType) -> &'static str {
     }
 }
 
-/// Opens `path` for reading without blocking and checks it is a regular file.
+/// Opens `path` for reading without blocking and checks it is a regular file: first by path
+/// (so a device or FIFO is not even opened), then on the open descriptor (what was opened).
 pub fn open_regular(path: &Path) -> Result<File, ReadError> {
+    if let Ok(meta) = std::fs::metadata(path)
+        && !meta.file_type().is_file()
+    {
+        return Err(ReadError::NotRegular {
+            path: path.to_path_buf(),
+            kind: kind_of(meta.file_type()),
+        });
+    }
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)

@@ -241,6 +241,18 @@ fn replace(path: &Path, old: &std::fs::Metadata) -> Result<(), LockError> {
 fn open(path: &Path) -> Result<File, LockError> {
     check_dir(path)?;
     for _ in 0..4 {
+        // Refuse a link, FIFO, socket or device by its name first, so it is never opened.
+        if let Ok(meta) = std::fs::symlink_metadata(path)
+            && !meta.file_type().is_file()
+        {
+            return Err(unsafe_path(
+                path,
+                format!(
+                    "it is a {}, not a regular file; remove it",
+                    crate::fsread::kind_of(meta.file_type())
+                ),
+            ));
+        }
         let file = open_nofollow(path, false).map_err(|e| match e.raw_os_error() {
             Some(libc::ELOOP) => unsafe_path(
                 path,
