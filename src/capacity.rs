@@ -6,6 +6,8 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::fsread;
+
 use serde::Serialize;
 use thiserror::Error;
 
@@ -35,7 +37,10 @@ pub struct HugepagePool {
 /// Why the host's capacity could not be read.
 #[derive(Debug, Error)]
 pub enum CapacityError {
-    /// A file or directory kubelet reads could not be read.
+    /// A file kubelet reads could not be read (absent, not a regular file, too large, not text).
+    #[error("{0}")]
+    File(fsread::ReadError),
+    /// A directory kubelet reads could not be read.
     #[error("cannot read {path}: {source}")]
     Read {
         /// The path under the host root.
@@ -66,50 +71,60 @@ pub fn read(root: &Path) -> Result<Capacity, CapacityError> {
         .map(|p| p.page_bytes.saturating_mul(p.pages))
         .fold(0u64, u64::saturating_add);
     Ok(Capacity {
-        cpu_millicores: cpus * 1000,
+        cpu_millicores: cpus.saturating_mul(1000),
         memory_bytes,
         hugepages_bytes,
         hugepage_pools,
     })
 }
 
+/// Cap for one `/proc` or `/sys` file: meminfo is a few KiB, `cpu/online` for the kernel's
+/// largest `NR_CPUS` (8192) written as single ids is under 40 KiB.
+const HOST_FILE_CAP: u64 = 256 * 1024;
+
 fn read_file(path: PathBuf) -> Result<(PathBuf, String), CapacityError> {
-    match fs::read_to_string(&path) {
+    match fsread::read_text(&path, HOST_FILE_CAP) {
         Ok(text) => Ok((path, text)),
-        Err(source) => Err(CapacityError::Read { path, source }),
+        Err(e) => Err(CapacityError::File(e)),
     }
 }
 
 /// `MemTotal:  16384000 kB` → bytes, with cAdvisor's regexp `MemTotal:\s*([0-9]+) kB`.
 fn read_mem_total(root: &Path) -> Result<u64, CapacityError> {
     let (path, text) = read_file(root.join("proc/meminfo"))?;
-    let malformed = |problem: &str| CapacityError::Malformed {
-        path: path.clone(),
+    parse_mem_total(&text).map_err(|problem| CapacityError::Malformed {
+        path,
         problem: problem.to_string(),
-    };
+    })
+}
+
+/// The `MemTotal` of a `/proc/meminfo` text, in bytes.
+pub fn parse_mem_total(text: &str) -> Result<u64, &'static str> {
     let line = text
         .lines()
         .find_map(|l| l.strip_prefix("MemTotal:"))
-        .ok_or_else(|| malformed("no MemTotal line"))?;
+        .ok_or("no MemTotal line")?;
     let kib = line
         .trim_start()
         .strip_suffix(" kB")
         .and_then(|n| n.parse::<u64>().ok())
-        .ok_or_else(|| malformed("MemTotal is not '<number> kB'"))?;
-    kib.checked_mul(1024)
-        .ok_or_else(|| malformed("MemTotal is too large"))
+        .ok_or("MemTotal is not '<number> kB'")?;
+    kib.checked_mul(1024).ok_or("MemTotal is too large")
 }
 
-/// Counts online logical CPUs the way cAdvisor's `GetNodesInfo` does: every `cpuN` under each
-/// NUMA node directory, or under `/sys/devices/system/cpu` when there are no node directories.
+/// Counts logical CPUs the way cAdvisor's `GetNodesInfo` does (`utils/sysinfo/sysinfo.go`):
+/// with NUMA node directories, every *online* `cpuN` under each `node*` directory
+/// (`getCoresInfo` skips CPUs that `IsCPUOnline` says are offline); without node directories,
+/// `getCPUTopology` returns `len(GetCPUsPaths("/sys/devices/system/cpu"))`, i.e. every `cpuN`
+/// directory, offline CPUs included.
 fn count_online_cpus(root: &Path) -> Result<u64, CapacityError> {
-    let online = read_online_set(root)?;
     let node_root = root.join("sys/devices/system/node");
     let node_dirs = numbered_entries(&node_root, "node")?;
-    let mut cpu_ids: Vec<u64> = Vec::new();
-    if node_dirs.is_empty() {
-        cpu_ids = numbered_entries(&root.join("sys/devices/system/cpu"), "cpu")?;
+    let count = if node_dirs.is_empty() {
+        numbered_entries(&root.join("sys/devices/system/cpu"), "cpu")?.len() as u64
     } else {
+        let online = read_online_set(root)?;
+        let mut cpu_ids: Vec<u64> = Vec::new();
         for node in node_dirs {
             cpu_ids.extend(numbered_entries(
                 &node_root.join(format!("node{node}")),
@@ -118,11 +133,11 @@ fn count_online_cpus(root: &Path) -> Result<u64, CapacityError> {
         }
         cpu_ids.sort_unstable();
         cpu_ids.dedup();
-    }
-    let count = cpu_ids
-        .iter()
-        .filter(|id| online.as_ref().is_none_or(|set| set.contains(id)))
-        .count() as u64;
+        cpu_ids
+            .iter()
+            .filter(|id| online.as_ref().is_none_or(|set| set.contains(**id)))
+            .count() as u64
+    };
     if count == 0 {
         return Err(CapacityError::NoCpus(root.join("sys/devices/system")));
     }
@@ -131,40 +146,81 @@ fn count_online_cpus(root: &Path) -> Result<u64, CapacityError> {
 
 /// Parses `/sys/devices/system/cpu/online` (`0-3,6,8-9`); `None` when the file is absent, in
 /// which case cAdvisor counts every CPU as online.
-fn read_online_set(root: &Path) -> Result<Option<Vec<u64>>, CapacityError> {
+fn read_online_set(root: &Path) -> Result<Option<CpuSet>, CapacityError> {
     let path = root.join("sys/devices/system/cpu/online");
-    let text = match fs::read_to_string(&path) {
+    let text = match fsread::read_text(&path, HOST_FILE_CAP) {
         Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(CapacityError::Read { path, source }),
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e) => return Err(CapacityError::File(e)),
     };
     parse_cpu_list(text.trim())
         .map(Some)
-        .ok_or(CapacityError::Malformed {
+        .ok_or_else(|| CapacityError::Malformed {
             path,
-            problem: format!("{:?} is not a CPU list like 0-3,6", text.trim()),
+            problem: format!(
+                "{:?} is not a CPU list like 0-3,6",
+                text.trim().chars().take(64).collect::<String>()
+            ),
         })
 }
 
-/// Parses a kernel CPU list (`0-3,6`); `None` if malformed.
-pub fn parse_cpu_list(text: &str) -> Option<Vec<u64>> {
-    let mut ids = Vec::new();
+/// A set of CPU ids kept as sorted, disjoint, inclusive ranges (a kernel CPU list can name
+/// thousands of ranges; expanding them id by id would not be bounded).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CpuSet {
+    ranges: Vec<(u64, u64)>,
+}
+
+impl CpuSet {
+    /// Whether `id` is in the set.
+    pub fn contains(&self, id: u64) -> bool {
+        let i = self.ranges.partition_point(|&(_, end)| end < id);
+        self.ranges.get(i).is_some_and(|&(start, _)| start <= id)
+    }
+
+    /// How many ids the set holds.
+    pub fn len(&self) -> u64 {
+        self.ranges
+            .iter()
+            .map(|&(a, b)| (b - a).saturating_add(1))
+            .fold(0, u64::saturating_add)
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+}
+
+/// Parses a kernel CPU list (`0-3,6`); `None` if malformed. Ranges may overlap or come in any
+/// order; the result is merged.
+pub fn parse_cpu_list(text: &str) -> Option<CpuSet> {
+    let mut ranges = Vec::new();
     if text.is_empty() {
-        return Some(ids);
+        return Some(CpuSet { ranges });
     }
     for part in text.split(',') {
-        match part.split_once('-') {
-            Some((a, b)) => {
-                let (a, b): (u64, u64) = (a.parse().ok()?, b.parse().ok()?);
-                if b < a || b - a > 65_536 {
-                    return None;
-                }
-                ids.extend(a..=b);
+        let (a, b) = match part.split_once('-') {
+            Some((a, b)) => (a.parse::<u64>().ok()?, b.parse::<u64>().ok()?),
+            None => {
+                let id = part.parse::<u64>().ok()?;
+                (id, id)
             }
-            None => ids.push(part.parse().ok()?),
+        };
+        if b < a {
+            return None;
+        }
+        ranges.push((a, b));
+    }
+    ranges.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+    for (a, b) in ranges {
+        match merged.last_mut() {
+            Some(last) if a <= last.1.saturating_add(1) => last.1 = last.1.max(b),
+            _ => merged.push((a, b)),
         }
     }
-    Some(ids)
+    Some(CpuSet { ranges: merged })
 }
 
 /// Lists the numbers N of entries named `<prefix>N` in a directory (absent directory → none).
@@ -221,6 +277,12 @@ fn read_hugepages(root: &Path) -> Result<Vec<HugepagePool>, CapacityError> {
             continue;
         };
         let (path, text) = read_file(entry.path().join("nr_hugepages"))?;
+        let Some(page_bytes) = kib.checked_mul(1024) else {
+            return Err(CapacityError::Malformed {
+                path,
+                problem: format!("page size {kib} kB is too large"),
+            });
+        };
         let pages = text
             .trim()
             .parse::<u64>()
@@ -228,10 +290,7 @@ fn read_hugepages(root: &Path) -> Result<Vec<HugepagePool>, CapacityError> {
                 path,
                 problem: format!("{:?} is not a page count", text.trim()),
             })?;
-        pools.push(HugepagePool {
-            page_bytes: kib * 1024,
-            pages,
-        });
+        pools.push(HugepagePool { page_bytes, pages });
     }
     pools.sort_by_key(|p| p.page_bytes);
     Ok(pools)
@@ -337,7 +396,7 @@ mod tests {
     #[test]
     fn missing_or_malformed_files_are_errors() {
         let dir = tempfile::tempdir().expect("tempdir");
-        assert!(matches!(read(dir.path()), Err(CapacityError::Read { .. })));
+        assert!(matches!(read(dir.path()), Err(CapacityError::File(_))));
         let (_d, cap) = host(FakeHost {
             cpus: 2,
             nodes: 1,
@@ -358,10 +417,38 @@ mod tests {
 
     #[test]
     fn cpu_lists() {
-        assert_eq!(parse_cpu_list("0-3,6"), Some(vec![0, 1, 2, 3, 6]));
-        assert_eq!(parse_cpu_list("5"), Some(vec![5]));
+        let set = parse_cpu_list("0-3,6").expect("list");
+        assert_eq!(set.len(), 5);
+        assert!(set.contains(0) && set.contains(3) && set.contains(6));
+        assert!(!set.contains(4) && !set.contains(7));
+        assert_eq!(parse_cpu_list("5").map(|s| s.len()), Some(1));
         assert_eq!(parse_cpu_list("3-1"), None);
         assert_eq!(parse_cpu_list("a"), None);
+        assert_eq!(parse_cpu_list("2-5,0-3,4").map(|s| s.len()), Some(6));
+        let wide = parse_cpu_list("0-18446744073709551615").expect("wide");
+        assert_eq!(wide.len(), u64::MAX);
+    }
+
+    #[test]
+    fn three_thousand_wide_ranges_are_counted_without_expanding() {
+        let list: Vec<String> = (0..3000u64)
+            .map(|i| format!("{}-{}", i * 100_000, i * 100_000 + 65_536))
+            .collect();
+        let set = parse_cpu_list(&list.join(",")).expect("list");
+        assert_eq!(set.len(), 3000 * 65_537);
+        assert!(set.contains(299_965_536) && !set.contains(299_965_537));
+    }
+
+    #[test]
+    fn without_node_dirs_offline_cpus_count_as_cadvisor_counts_them() {
+        let (_d, cap) = host(FakeHost {
+            cpus: 4,
+            nodes: 0,
+            online: Some("0-1"),
+            mem_kib: 1000,
+            hugepages: &[],
+        });
+        assert_eq!(cap.expect("capacity").cpu_millicores, 4000);
     }
 
     #[test]

@@ -16,7 +16,8 @@ pub const OWNED_FLAGS: &[&str] = &[
     "--healthz-bind-address",
 ];
 
-/// Flags that silently change what kubelet subtracts from allocatable, so the agent refuses them.
+/// Flags that silently change what kubelet subtracts from allocatable, or how it is enforced,
+/// so the agent refuses them.
 pub const CONFLICTING_FLAGS: &[(&str, &str)] = &[
     (
         "--reserved-cpus",
@@ -26,7 +27,22 @@ pub const CONFLICTING_FLAGS: &[(&str, &str)] = &[
         "--experimental-allocatable-ignore-eviction",
         "it drops the eviction term from allocatable",
     ),
+    (
+        "--reserved-memory",
+        "it must add up to the memory reservations the agent computes per lease",
+    ),
+    (
+        "--system-reserved-cgroup",
+        "it enforces system-reserved (capacity minus the lease, Mesos' share) on a host cgroup",
+    ),
+    (
+        "--kube-reserved-cgroup",
+        "it enforces kube-reserved on a host cgroup; the agent supports only pods enforcement",
+    ),
 ];
+
+/// The only value of `--enforce-node-allocatable` the agent accepts (kubelet's default).
+pub const ENFORCE_NODE_ALLOCATABLE: &str = "pods";
 
 /// Why the operator's kubelet arguments were refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -59,12 +75,18 @@ pub enum KubeletArgsError {
     },
 }
 
-/// The name part of `--flag` or `--flag=value`.
-fn flag_name(arg: &str) -> &str {
-    arg.split_once('=').map_or(arg, |(name, _)| name)
+/// The name part of `--flag` or `--flag=value`, normalised as kubelet normalises flag names:
+/// its flag set uses `cliflag.WordSepNormalizeFunc` (`k8s.io/component-base/cli/flag`,
+/// set in `cmd/kubelet/app/server.go` `NewKubeletCommand`), which turns every `_` into `-`,
+/// so `--system_reserved` *is* `--system-reserved` to kubelet.
+pub fn flag_name(arg: &str) -> String {
+    arg.split_once('=')
+        .map_or(arg, |(name, _)| name)
+        .replace('_', "-")
 }
 
-/// Refuses user copies of agent-owned or allocatable-changing flags.
+/// Refuses user copies of agent-owned or allocatable-changing flags, in every spelling kubelet
+/// accepts, and any `--enforce-node-allocatable` other than `pods`.
 pub fn check_user_args(args: &[String]) -> Result<(), KubeletArgsError> {
     for arg in args {
         let name = flag_name(arg);
@@ -81,15 +103,36 @@ pub fn check_user_args(args: &[String]) -> Result<(), KubeletArgsError> {
             });
         }
     }
+    if let Some(value) = user_flag_value(args, "--enforce-node-allocatable")
+        && value.trim() != ENFORCE_NODE_ALLOCATABLE
+    {
+        let spelled = args
+            .iter()
+            .rev()
+            .find(|a| flag_name(a) == "--enforce-node-allocatable")
+            .map_or("--enforce-node-allocatable", |a| a.as_str());
+        return Err(KubeletArgsError::Conflicting {
+            arg: if spelled.contains('=') {
+                spelled.to_string()
+            } else {
+                format!("{spelled} {value}")
+            },
+            why: "only pods keeps the kubepods cgroup at the lease without capping Mesos' share of the host",
+        });
+    }
     Ok(())
 }
 
 /// Reads an arguments file: one argument per line, no shell quoting; blank lines and lines
 /// starting with `#` are skipped; surrounding whitespace is trimmed.
+/// The file is opened without blocking and must be a regular UTF-8 file without NUL of at most
+/// 1 MiB.
 pub fn read_args_file(path: &Path) -> Result<Vec<String>, KubeletArgsError> {
-    let text = std::fs::read_to_string(path).map_err(|e| KubeletArgsError::File {
-        path: path.display().to_string(),
-        problem: e.to_string(),
+    let text = crate::fsread::read_text(path, crate::fsread::CONFIG_CAP).map_err(|e| {
+        KubeletArgsError::File {
+            path: path.display().to_string(),
+            problem: e.to_string(),
+        }
     })?;
     Ok(parse_args_text(&text))
 }
@@ -103,18 +146,18 @@ pub fn parse_args_text(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// The value the operator gave a kubelet flag (`--flag=v` or `--flag v`), last one wins as in pflag.
+/// The value the operator gave a kubelet flag (`--flag=v` or `--flag v`, any spelling of the
+/// name kubelet accepts), last one wins as in pflag.
 pub fn user_flag_value(args: &[String], flag: &str) -> Option<String> {
     let mut found = None;
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
-        if let Some(value) = arg
-            .strip_prefix(flag)
-            .and_then(|rest| rest.strip_prefix('='))
-        {
-            found = Some(value.to_string());
-        } else if arg == flag {
-            found = iter.next().cloned();
+        if flag_name(arg) != flag {
+            continue;
+        }
+        match arg.split_once('=') {
+            Some((_, value)) => found = Some(value.to_string()),
+            None => found = iter.next().cloned(),
         }
     }
     found
@@ -177,11 +220,25 @@ mod tests {
             "--healthz-bind-address=0.0.0.0",
             "--reserved-cpus=0-1",
             "--experimental-allocatable-ignore-eviction=true",
+            "--reserved-memory=0:memory=1Gi",
+            "--system-reserved-cgroup=/system",
+            "--kube-reserved-cgroup=/kube",
+            "--enforce-node-allocatable=pods,system-reserved",
         ] {
             assert!(check_user_args(&s(&["--v=2", bad])).is_err(), "{bad}");
+            // Every spelling kubelet's WordSepNormalizeFunc maps to the same flag.
+            let name = bad.split_once('=').map_or(bad, |(n, _)| n);
+            let tail = &bad[name.len()..];
+            let underscored = format!("--{}{tail}", name[2..].replace('-', "_"));
+            let err = check_user_args(&s(&[&underscored])).expect_err(&underscored);
+            assert!(err.to_string().contains(&underscored), "{err}");
+            let mixed = format!("--{}{tail}", name[2..].replacen('-', "_", 1));
+            assert!(check_user_args(&s(&[&mixed])).is_err(), "{mixed}");
         }
+        assert!(check_user_args(&s(&["--enforce-node-allocatable", "pods"])).is_ok());
+        assert!(check_user_args(&s(&["--enforce_node_allocatable", "none"])).is_err());
         // A prefix of an owned flag's name is a different flag.
-        assert!(check_user_args(&s(&["--system-reserved-cgroup=/system"])).is_ok());
+        assert!(check_user_args(&s(&["--system-reserved-x=1", "--kube-reserved_y"])).is_ok());
     }
 
     #[test]
@@ -201,6 +258,10 @@ mod tests {
             Some("n1")
         );
         assert_eq!(user_flag_value(&args, "--node-ip"), None);
+        assert_eq!(
+            user_flag_value(&s(&["--hostname_override=n2"]), "--hostname-override").as_deref(),
+            Some("n2")
+        );
         assert_eq!(
             parse_args_text("# comment\n  --v=2  \n\n--config=/etc/k.yaml\n"),
             s(&["--v=2", "--config=/etc/k.yaml"])

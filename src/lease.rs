@@ -255,16 +255,32 @@ pub struct LegacyFile {
 
 impl LegacyFile {
     /// Reads the legacy file; a missing file is not an error (the source is simply absent).
+    /// The file is opened without blocking, must be a regular text file and is read up to 4 KiB
+    /// (Nokia's file is one short line).
     pub fn read(path: &Path) -> LegacyFile {
-        let content = match std::fs::read_to_string(path) {
-            Ok(text) => Some(Ok(text)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        let content = match crate::fsread::read_text_if_present(path, LEGACY_FILE_CAP) {
+            Ok(Some(text)) => Some(Ok(text)),
+            Ok(None) => None,
             Err(e) => Some(Err(e.to_string())),
         };
         LegacyFile {
             path: path.display().to_string(),
             content,
         }
+    }
+}
+
+/// Largest legacy lease file read.
+pub const LEGACY_FILE_CAP: u64 = 4096;
+
+impl LeaseInputs {
+    /// Whether resolution reaches the legacy file: only when neither flags nor Marathon
+    /// variables give any part of a lease. The edge opens the file only then.
+    pub fn needs_legacy(&self) -> bool {
+        self.flag_cpus.is_none()
+            && self.flag_mem.is_none()
+            && self.env_cpus.is_none()
+            && self.env_mem.is_none()
     }
 }
 

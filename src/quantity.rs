@@ -64,7 +64,7 @@ impl Quantity {
         let frac_len = i32::try_from(frac_part.len()).map_err(|_| syntax())?;
         Ok(Quantity {
             mantissa,
-            exp10: exp10_suffix - frac_len,
+            exp10: exp10_suffix.checked_sub(frac_len).ok_or_else(syntax)?,
             exp2,
         })
     }
@@ -81,7 +81,7 @@ impl Quantity {
 
     fn scaled(&self, extra_exp10: i32, original: &str) -> Result<u64, QuantityError> {
         let overflow = || QuantityError::Overflow(original.to_string());
-        let exp10 = self.exp10 + extra_exp10;
+        let exp10 = self.exp10.checked_add(extra_exp10).ok_or_else(overflow)?;
         let mut numerator = self.mantissa;
         for _ in 0..self.exp2 {
             numerator = numerator.checked_mul(2).ok_or_else(overflow)?;

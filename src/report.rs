@@ -2,6 +2,7 @@
 
 use serde_json::{Value, json};
 
+use crate::kubelet_config::Effect;
 use crate::quantity::{format_bytes_human, format_cpu_human};
 use crate::reservation::Resources;
 use crate::setup::NodeSetup;
@@ -37,6 +38,15 @@ pub fn plan_json(setup: &NodeSetup, argv: &[String]) -> Value {
             "cpu_shares": r.kubepods.cpu_shares,
             "memory_limit_bytes": r.kubepods.memory_limit_bytes,
         },
+        "kubelet_config": setup.kubelet_config.iter().map(|f| json!({
+            "file": f.file.display().to_string(),
+            "field": f.name,
+            "value": f.value,
+            "overridden_by": match f.effect {
+                Effect::OverriddenBy(flag) => Some(flag),
+                Effect::Used => None,
+            },
+        })).collect::<Vec<_>>(),
         "kubelet_argv": argv,
     })
 }
@@ -100,6 +110,22 @@ pub fn plan_text(setup: &NodeSetup, argv: &[String]) -> String {
         format_bytes_human(r.kubepods.memory_limit_bytes),
         r.kubepods.memory_limit_bytes
     ));
+    if !setup.kubelet_config.is_empty() {
+        out.push_str("kubelet config fields read:\n");
+        for f in &setup.kubelet_config {
+            let effect = match f.effect {
+                Effect::OverriddenBy(flag) => format!("overridden by {flag}"),
+                Effect::Used => "used by kubelet; allocatable unchanged".to_string(),
+            };
+            out.push_str(&format!(
+                "  {:<22} {}   ({}; {})\n",
+                f.name,
+                f.value,
+                effect,
+                f.file.display()
+            ));
+        }
+    }
     out.push_str("kubelet command line:\n  ");
     out.push_str(&argv.join(" "));
     out.push('\n');

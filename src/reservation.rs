@@ -23,9 +23,13 @@ pub struct Resources {
     pub memory_bytes: u64,
 }
 
-/// Kubelet's Linux default `evictionHard` (research/kubelet.md §3).
-pub const DEFAULT_EVICTION_HARD: &str =
-    "memory.available<100Mi,nodefs.available<10%,nodefs.inodesFree<5%,imagefs.available<15%";
+/// Kubelet's Linux default `evictionHard` (`pkg/kubelet/eviction/defaults_linux.go`
+/// `DefaultEvictionHard`). `imagefs.inodesFree<5%` joined it in kubernetes/kubernetes#121834,
+/// merged in November 2023 after the 1.29 freeze, so first released in v1.30. The agent always
+/// passes `--eviction-hard`, which replaces kubelet's default map, so the agent's default is
+/// the current kubelet's (the signal itself exists in every kubelet version, so older kubelets
+/// accept it; only `memory.available` changes allocatable).
+pub const DEFAULT_EVICTION_HARD: &str = "memory.available<100Mi,nodefs.available<10%,nodefs.inodesFree<5%,imagefs.available<15%,imagefs.inodesFree<5%";
 
 /// Eviction signals kubelet accepts in `--eviction-hard`.
 const EVICTION_SIGNALS: &[&str] = &[

@@ -38,6 +38,7 @@ pub fn block_on<F: Future<Output = Result<(), Failure>>>(future: F) -> Result<()
 pub fn run(args: RunArgs) -> Result<(), Failure> {
     let setup = setup::prepare(&args.node, LeaseMode::FromSources)?;
     setup::check_kubelet_binary(&setup.kubelet)?;
+    setup::check_mount_namespace(&args.node)?;
     block_on(async move {
         let run_lock = lock::try_acquire(&lock::run_lock_path(&args.lock_file), Role::Run)
             .map_err(lock_failure)?;
@@ -156,7 +157,7 @@ pub fn standby(args: RunArgs) -> Result<(), Failure> {
 }
 
 fn lock_failure(e: LockError) -> Failure {
-    Failure::new(ExitStatus::CantCreate, e.to_string())
+    Failure::new(e.exit_status(), e.to_string())
 }
 
 /// Takes the kubelet lock for `run`; if standby holds it, asks standby to yield (SIGUSR1) and
@@ -172,9 +173,13 @@ async fn take_over_kubelet_lock(args: &RunArgs) -> Result<HostLock, Failure> {
                     return Err(lock_failure(LockError::Held { holder, path }));
                 }
                 if !asked {
-                    if let Some(pid) = holder.pid {
-                        tracing::info!(standby_pid = pid, "asking standby to yield the host");
-                        let _ = kill(Pid::from_raw(pid), Signal::SIGUSR1);
+                    // Signal only a proven standby; otherwise standby still yields when it sees
+                    // the run lock held (YieldWatch).
+                    match lock::signal_standby(&holder, Signal::SIGUSR1) {
+                        Ok(pid) => {
+                            tracing::info!(standby_pid = pid, "asking standby to yield the host")
+                        }
+                        Err(why) => tracing::warn!(%holder, %why, "not signalling the lock holder"),
                     }
                     asked = true;
                 }

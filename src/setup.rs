@@ -9,6 +9,7 @@ use crate::capacity::{self, Capacity};
 use crate::cli::NodeArgs;
 use crate::exit::{ExitStatus, Failure};
 use crate::kubelet_args::{self, KubeletHealthz};
+use crate::kubelet_config;
 use crate::lease::{self, Lease, LeaseInputs, LeaseSource, LegacyFile};
 use crate::reservation::{self, EvictionHard, Policy, Reservation};
 
@@ -27,6 +28,8 @@ pub struct NodeSetup {
     pub user_args: Vec<String>,
     /// The configured kubelet healthz port (0 = pick one per start).
     pub kubelet_healthz_port: u16,
+    /// Fields read from kubelet's `--config` file and `--config-dir` drop-ins.
+    pub kubelet_config: Vec<kubelet_config::Field>,
 }
 
 impl NodeSetup {
@@ -126,17 +129,25 @@ pub fn prepare_with_env(
     }
     user_args.extend(args.kubelet_args.iter().cloned());
     kubelet_args::check_user_args(&user_args).map_err(|e| usage(e.to_string()))?;
+    let config = kubelet_args::user_flag_value(&user_args, "--config").map(PathBuf::from);
+    let config_dir = kubelet_args::user_flag_value(&user_args, "--config-dir").map(PathBuf::from);
+    let kubelet_config = kubelet_config::read(config.as_deref(), config_dir.as_deref())
+        .map_err(|e| usage(e.to_string()))?;
 
     let lease = match mode {
         LeaseMode::Zero => Lease::zero(LeaseSource::Flags),
         LeaseMode::FromSources => {
-            let inputs = LeaseInputs {
+            let mut inputs = LeaseInputs {
                 flag_cpus: args.cpus.clone(),
                 flag_mem: args.mem.clone(),
                 env_cpus: env(lease::ENV_CPUS),
                 env_mem: env(lease::ENV_MEM),
-                legacy: Some(LegacyFile::read(&args.legacy_file)),
+                legacy: None,
             };
+            // A higher-priority source means the legacy file is not even opened.
+            if inputs.needs_legacy() {
+                inputs.legacy = Some(LegacyFile::read(&args.legacy_file));
+            }
             lease::resolve(&inputs).map_err(|e| Failure::new(ExitStatus::DataErr, e.to_string()))?
         }
     };
@@ -158,6 +169,7 @@ pub fn prepare_with_env(
         kubelet: args.kubelet.clone(),
         user_args,
         kubelet_healthz_port: args.kubelet_healthz_port,
+        kubelet_config,
     })
 }
 
@@ -181,4 +193,9 @@ pub fn check_kubelet_binary(path: &std::path::Path) -> Result<(), Failure> {
         return Err(unavailable("is not executable".into()));
     }
     Ok(())
+}
+
+/// Refuses to run kubelet from a private mount namespace (exit 78; see [`crate::mountns`]).
+pub fn check_mount_namespace(args: &NodeArgs) -> Result<(), Failure> {
+    crate::mountns::check(&args.host_root).map_err(|m| Failure::new(ExitStatus::Config, m))
 }

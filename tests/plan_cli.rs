@@ -400,3 +400,62 @@ fn kubelet_double_computes_allocatable_equal_to_the_lease_on_odd_hosts() {
         );
     }
 }
+
+#[test]
+fn plan_shows_the_kubelet_config_fields_it_read() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let root = host(
+        dir.path(),
+        FakeHost {
+            cpus: 4,
+            nodes: 1,
+            online: None,
+            mem_kib: 8 << 20,
+            hugepages: &[],
+        },
+    );
+    let config = dir.path().join("kubelet.yaml");
+    std::fs::write(
+        &config,
+        "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n\
+         systemReserved: {cpu: 500m, memory: 1Gi}\nhealthzPort: 10248\nmaxPods: 42\naddress: 0.0.0.0\n",
+    )
+    .expect("write config");
+    let config_flag = format!("--config={}", config.display());
+    let args = [
+        "--host-root",
+        &root,
+        "--cpus",
+        "1",
+        "--mem",
+        "512",
+        "--",
+        &config_flag,
+    ];
+    let v = plan_json(&args, &[("KRW_ENV_FILE", "/nonexistent")]);
+    let fields = v["kubelet_config"].as_array().expect("kubelet_config");
+    let field = |name: &str| fields.iter().find(|f| f["field"] == name).cloned();
+    let sys = field("systemReserved").expect("systemReserved read");
+    assert_eq!(sys["overridden_by"], "--system-reserved");
+    assert_eq!(sys["file"], config.display().to_string());
+    assert_eq!(
+        field("healthzPort").expect("healthzPort")["overridden_by"],
+        "--healthz-port"
+    );
+    let max_pods = field("maxPods").expect("maxPods");
+    assert_eq!(
+        (
+            max_pods["value"].as_str(),
+            max_pods["overridden_by"].is_null()
+        ),
+        (Some("42"), true)
+    );
+    assert!(field("address").is_none(), "{fields:?}");
+    let mut text_args = vec!["plan"];
+    text_args.extend_from_slice(&args);
+    let out = agent(&text_args, &[("KRW_ENV_FILE", "/nonexistent")]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("kubelet config fields read:"), "{text}");
+    assert!(text.contains("overridden by --system-reserved"), "{text}");
+    assert!(text.contains("maxPods"), "{text}");
+}

@@ -265,10 +265,10 @@ fn warn(text: &str) {
 /// Reads and checks the app definition file; sets its `id` to the session's app id.
 /// Returns the object and, when the file named another id, a warning saying which id is used.
 fn load_app(
-    path: &PathBuf,
+    path: &std::path::Path,
     app_id: &str,
 ) -> Result<(serde_json::Map<String, Value>, Option<String>), Failure> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let text = crate::fsread::read_text(path, crate::fsread::CONFIG_CAP).map_err(|e| {
         Failure::new(
             ExitStatus::Usage,
             format!(
