@@ -6,78 +6,14 @@
 mod common;
 mod running_agent;
 
-use std::io::Write;
-use std::net::TcpStream;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::http;
-use running_agent::{RunningAgent, Stderr, get_raw, raise_fd_limit};
+use running_agent::{Hostile, RunningAgent, Stderr, get_raw, raise_fd_limit};
 
 const HELD: usize = 1000;
 const CHECKS: usize = 100;
-const HALF_HEAD: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n";
-
-/// Connections held against `port`: a third idle, a third with a half-sent head, a third
-/// trickling their head a byte at a time and reconnecting whenever the agent closes them.
-struct Hostile {
-    stop: Arc<AtomicBool>,
-    trickler: Option<std::thread::JoinHandle<()>>,
-    _held: Vec<TcpStream>,
-}
-
-impl Hostile {
-    fn hold(port: u16, n: usize) -> Hostile {
-        let connect = || TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        let mut held = Vec::with_capacity(n);
-        for i in 0..n * 2 / 3 {
-            let mut s = connect();
-            if i % 2 == 1 {
-                s.write_all(HALF_HEAD).expect("half head");
-            }
-            held.push(s);
-        }
-        let slow: Vec<TcpStream> = (0..n - held.len()).map(|_| connect()).collect();
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let trickler = std::thread::spawn(move || {
-            let mut slow = slow;
-            let mut sent = vec![0usize; slow.len()];
-            while !flag.load(Ordering::Relaxed) {
-                for (s, at) in slow.iter_mut().zip(sent.iter_mut()) {
-                    let byte = HALF_HEAD[*at % HALF_HEAD.len()];
-                    if s.write_all(&[byte]).is_err() {
-                        // Closed by the agent: come back, as an attacker would.
-                        if let Ok(fresh) = TcpStream::connect(("127.0.0.1", port)) {
-                            *s = fresh;
-                        }
-                        *at = 0;
-                    } else {
-                        *at += 1;
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        });
-        Hostile {
-            stop,
-            trickler: Some(trickler),
-            _held: held,
-        }
-    }
-}
-
-impl Drop for Hostile {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.trickler.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 fn metric(port: u16, series: &str) -> Option<f64> {
     let raw = get_raw(port, "/metrics", "");
     raw.lines()

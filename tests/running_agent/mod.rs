@@ -6,6 +6,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::common::{AGENT, Guard, Scratch, double, free_port, http, wait_until};
@@ -154,4 +156,66 @@ pub fn raise_fd_limit() -> u64 {
         }
     }
     lim.rlim_cur
+}
+
+/// A request head that never ends.
+const HALF_HEAD: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n";
+
+/// Connections held against `port`: a third idle, a third with a half-sent head, a third
+/// trickling their head a byte at a time and reconnecting whenever the agent closes them.
+pub struct Hostile {
+    stop: Arc<AtomicBool>,
+    trickler: Option<std::thread::JoinHandle<()>>,
+    _held: Vec<TcpStream>,
+}
+
+impl Hostile {
+    /// Opens `n` connections to `port` and keeps them as described above.
+    pub fn hold(port: u16, n: usize) -> Hostile {
+        let connect = || TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let mut held = Vec::with_capacity(n);
+        for i in 0..n * 2 / 3 {
+            let mut s = connect();
+            if i % 2 == 1 {
+                let _ = s.write_all(HALF_HEAD);
+            }
+            held.push(s);
+        }
+        let slow: Vec<TcpStream> = (0..n - held.len()).map(|_| connect()).collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let trickler = std::thread::spawn(move || {
+            let mut slow = slow;
+            let mut sent = vec![0usize; slow.len()];
+            while !flag.load(Ordering::Relaxed) {
+                for (s, at) in slow.iter_mut().zip(sent.iter_mut()) {
+                    let byte = HALF_HEAD[*at % HALF_HEAD.len()];
+                    if s.write_all(&[byte]).is_err() {
+                        // Closed by the agent: come back, as an attacker would.
+                        if let Ok(fresh) = TcpStream::connect(("127.0.0.1", port)) {
+                            *s = fresh;
+                        }
+                        *at = 0;
+                    } else {
+                        *at += 1;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        Hostile {
+            stop,
+            trickler: Some(trickler),
+            _held: held,
+        }
+    }
+}
+
+impl Drop for Hostile {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.trickler.take() {
+            let _ = t.join();
+        }
+    }
 }
