@@ -22,7 +22,7 @@ step() { printf '\n== %s (%ss)\n' "$*" "$(( $(date +%s) - start ))"; }
 
 step "system packages"
 # curl: the Mesos emulator's MESOS_HTTP checks; openssl: TLS certificates for kubectl tests;
-# the rest: the deployment checks.
+# prometheus: promtool for the metrics and alert-rule tests; the rest: the deployment checks.
 apt_pkgs=(curl ca-certificates openssl python3 python3-venv packer ansible debootstrap systemd prometheus)
 missing=()
 for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

@@ -111,10 +111,18 @@ pub async fn serve(listener: TcpListener, limits: Limits, routes: Arc<dyn Routes
     });
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => server.admit(stream, budget),
+            Ok((stream, _)) => {
+                server.admit(stream, budget);
+                // Let the new connection's task read its head before the next accept: a
+                // well-formed check is answered at once instead of aging among a flood.
+                tokio::task::yield_now().await;
+            }
             Err(e) if out_of_descriptors(&e) => {
-                // Free a descriptor by closing the oldest connection; accept again at once.
-                if !server.shed_oldest(Shed::Descriptors) {
+                // Free a descriptor by closing the oldest connection (its task drops the socket
+                // once this loop yields), then accept again.
+                if server.shed_oldest(Shed::Descriptors) {
+                    tokio::task::yield_now().await;
+                } else {
                     server.log.note_error(&e);
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }

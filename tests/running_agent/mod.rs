@@ -5,6 +5,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,6 +34,16 @@ pub enum Stderr {
 impl RunningAgent {
     /// Starts `run` on a 4-CPU, 8 GiB fake host with a lease of 1.5 cores and 512 MiB.
     pub fn start(extra_env: &[(&str, &str)], stderr: Stderr) -> RunningAgent {
+        RunningAgent::start_with(extra_env, stderr, None)
+    }
+
+    /// [`RunningAgent::start`] with the agent's open-file limit (soft and hard) set to
+    /// `fd_limit`.
+    pub fn start_with(
+        extra_env: &[(&str, &str)],
+        stderr: Stderr,
+        fd_limit: Option<u64>,
+    ) -> RunningAgent {
         let scratch = Scratch::new(4, 8);
         let health_port = free_port();
         let metrics_port = free_port();
@@ -82,6 +93,22 @@ impl RunningAgent {
             .stderr(stderr_cfg);
         for (k, v) in extra_env {
             cmd.env(k, v);
+        }
+        if let Some(n) = fd_limit {
+            let lim = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            // SAFETY: setrlimit is async-signal-safe; `lim` is a plain value copied in.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
         }
         let guard = Guard {
             child: cmd.spawn().expect("spawn agent"),
