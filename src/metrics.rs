@@ -3,7 +3,7 @@
 //! lines. Base units only (cores, bytes, seconds); every series exists from the start, at zero.
 //! Served as the classic text format (0.0.4) or, when asked for, OpenMetrics 1.0.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -285,11 +285,10 @@ impl Metrics {
 
     /// The registry in OpenMetrics 1.0 text format.
     pub fn encode_openmetrics(&self) -> String {
-        let dropped = crate::logging::dropped_lines();
-        let counted = self.log_lines_dropped.get();
-        if dropped > counted {
-            self.log_lines_dropped.inc_by(dropped - counted);
-        }
+        // Monotonic and race-free however many scrapes run at once.
+        self.log_lines_dropped
+            .inner()
+            .fetch_max(crate::logging::dropped_lines(), Ordering::Relaxed);
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
