@@ -77,7 +77,30 @@ fn checks_are_answered_while_a_thousand_connections_are_held() {
 fn checks_are_answered_with_few_descriptors_while_connections_are_held() {
     raise_fd_limit();
     // 128 descriptors: the agent keeps each server to a quarter of them and sheds the rest.
-    checks_survive_held_connections(&RunningAgent::start_with(&[], Stderr::File, Some(128)));
+    checks_survive_held_connections(&RunningAgent::start_with(
+        &[],
+        Stderr::File,
+        Some((128, 128)),
+    ));
+}
+
+#[test]
+fn the_open_file_limit_is_raised_to_the_hard_limit() {
+    let agent = RunningAgent::start_with(&[], Stderr::File, Some((256, 4096)));
+    agent.wait_healthy();
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", agent.guard.pid()))
+        .expect("agent limits");
+    let open_files: Vec<&str> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .map(|l| l.split_whitespace().skip(3).take(2).collect())
+        .unwrap_or_default();
+    assert_eq!(open_files, ["4096", "4096"], "{limits}");
+    assert!(
+        agent.log().contains("raised the open-file limit"),
+        "{}",
+        agent.log()
+    );
 }
 
 /// A pipe whose buffer is already full and that nobody will read: the write end (blocking, as

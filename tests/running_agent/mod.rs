@@ -37,12 +37,11 @@ impl RunningAgent {
         RunningAgent::start_with(extra_env, stderr, None)
     }
 
-    /// [`RunningAgent::start`] with the agent's open-file limit (soft and hard) set to
-    /// `fd_limit`.
+    /// [`RunningAgent::start`] with the agent's open-file limit set to `fd_limit` (soft, hard).
     pub fn start_with(
         extra_env: &[(&str, &str)],
         stderr: Stderr,
-        fd_limit: Option<u64>,
+        fd_limit: Option<(u64, u64)>,
     ) -> RunningAgent {
         let scratch = Scratch::new(4, 8);
         let health_port = free_port();
@@ -94,10 +93,10 @@ impl RunningAgent {
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
-        if let Some(n) = fd_limit {
+        if let Some((soft, hard)) = fd_limit {
             let lim = libc::rlimit {
-                rlim_cur: n,
-                rlim_max: n,
+                rlim_cur: soft,
+                rlim_max: hard,
             };
             // SAFETY: setrlimit is async-signal-safe; `lim` is a plain value copied in.
             unsafe {
