@@ -404,21 +404,16 @@ impl ShedLog {
             [0, 1, 2].map(|i| self.pending[i].swap(0, Ordering::Relaxed));
         let accept_errors = self.errors.swap(0, Ordering::Relaxed);
         let interval_s = self.interval.as_secs();
-        match error {
-            Some(e) => tracing::warn!(
-                error = %e,
-                accept_errors,
-                interval_s,
-                "accept failed (logged once per interval)"
-            ),
-            None => tracing::warn!(
-                capacity,
-                head_timeout,
-                descriptors,
-                interval_s,
-                "connections closed without an answer: oldest idle shed for room, head too slow, or out of descriptors (logged once per interval)"
-            ),
-        }
+        let error = error.map(ToString::to_string);
+        tracing::warn!(
+            capacity,
+            head_timeout,
+            descriptors,
+            accept_errors,
+            last_accept_error = error.as_deref().unwrap_or(""),
+            interval_s,
+            "connections closed unanswered or accept failed, summed since the last such line (capacity: oldest idle shed for room; head_timeout: head too slow; descriptors: out of file descriptors)"
+        );
     }
 }
 

@@ -54,7 +54,7 @@ fn checks_survive_held_connections(agent: &RunningAgent) {
     let log = agent.log();
     let lines = log
         .lines()
-        .filter(|l| l.contains("connections closed without an answer"))
+        .filter(|l| l.contains("connections closed unanswered"))
         .count();
     let allowed = 2 + elapsed.as_secs() as usize / 10;
     assert!(
