@@ -24,10 +24,11 @@ step() { printf '\n== %s (%ss)\n' "$*" "$(( $(date +%s) - start ))"; }
 
 step "system packages"
 # curl: the Mesos emulator's MESOS_HTTP checks; openssl: TLS certificates for kubectl tests;
+# prometheus: promtool for the metrics and alert-rule tests;
 # the rest: the deployment checks (systemd-container: systemd-nspawn boots the node rootfs;
 # dpkg-dev: dpkg-shlibdeps for the agent's .deb, dpkg-scanpackages for a test apt repo).
 apt_pkgs=(curl ca-certificates openssl python3 python3-venv packer ansible debootstrap systemd
-  systemd-container lintian dpkg-dev)
+  systemd-container lintian dpkg-dev prometheus)
 missing=()
 for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then

@@ -11,8 +11,15 @@ use kubelet_resource_wrapper::setup::{self, LeaseMode};
 use kubelet_resource_wrapper::{envfile, logging, marathon, report, runner};
 
 fn main() -> ExitCode {
+    let code = agent_main();
+    // Lines still queued reach stderr now, unless nobody reads it (then they are dropped).
+    logging::flush(std::time::Duration::from_millis(250));
+    code
+}
+
+fn agent_main() -> ExitCode {
     if let Err(message) = load_settings_file() {
-        let _ = writeln!(std::io::stderr(), "kubelet-resource-wrapper: {message}");
+        logging::line(&format!("kubelet-resource-wrapper: {message}"));
         return ExitCode::from(ExitStatus::Config.code());
     }
     let cli = match Cli::try_parse() {
@@ -26,17 +33,15 @@ fn main() -> ExitCode {
             if status == ExitStatus::Ok {
                 let _ = e.print();
             } else if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "kubelet-resource-wrapper: a subcommand is required: plan, run, standby or marathon (see --help)"
+                logging::line(
+                    "kubelet-resource-wrapper: a subcommand is required: plan, run, standby or marathon (see --help)",
                 );
             } else {
                 // One line: clap's message and the accepted values, without the usage block.
-                let _ = writeln!(
-                    std::io::stderr(),
+                logging::line(&format!(
                     "kubelet-resource-wrapper: {}",
                     one_line(&e.to_string())
-                );
+                ));
             }
             return ExitCode::from(status.code());
         }
@@ -58,11 +63,7 @@ fn main() -> ExitCode {
                     tracing::error!(exit_code = failure.status.code(), "{}", failure.message)
                 }
                 LogFormat::Text => {
-                    let _ = writeln!(
-                        std::io::stderr(),
-                        "kubelet-resource-wrapper: {}",
-                        failure.message
-                    );
+                    logging::line(&format!("kubelet-resource-wrapper: {}", failure.message));
                 }
             }
             ExitCode::from(failure.status.code())

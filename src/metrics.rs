@@ -1,7 +1,9 @@
-//! Prometheus metrics (text exposition format) on an opt-in address: the lease, every
-//! reservation term, kubelet up and restarts, health checks and their latency, drain results.
+//! Prometheus metrics on an opt-in address: the lease, every reservation term, kubelet up and
+//! restarts, health checks and their latency, drain results, shed connections and dropped log
+//! lines. Base units only (cores, bytes, seconds); every series exists from the start, at zero.
+//! Served as the classic text format (0.0.4) or, when asked for, OpenMetrics 1.0.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -27,12 +29,24 @@ pub struct OutcomeLabel {
     pub outcome: &'static str,
 }
 
+/// Labels of shed HTTP connections: which server, and why.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShedLabel {
+    /// `healthz` or `metrics`.
+    pub server: &'static str,
+    /// See [`crate::http::Shed::label`].
+    pub reason: &'static str,
+}
+
+/// Every `outcome` label value of [`Metrics::evictions`].
+pub const OUTCOMES: [&str; 4] = ["evicted", "blocked", "failed", "left"];
+
 /// Every metric the agent exports.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    /// Node allocatable the agent computed (= lease), CPU.
-    pub allocatable_cpu: Gauge,
+    /// Node allocatable the agent computed (= lease), CPU cores.
+    pub allocatable_cpu: Gauge<f64, AtomicU64>,
     /// Node allocatable the agent computed (= lease), memory.
     pub allocatable_memory: Gauge,
     /// 1 while a kubelet process runs.
@@ -57,6 +71,10 @@ pub struct Metrics {
     pub evictions: Family<OutcomeLabel, Counter>,
     /// 1 when the node's reported allocatable differs from the lease (capacity detection mismatch).
     pub allocatable_mismatch: Gauge,
+    /// HTTP connections closed without an answer, by server and reason.
+    pub http_connections_shed: Family<ShedLabel, Counter>,
+    /// Log lines dropped because the log writer's queue was full (stderr not read).
+    log_lines_dropped: Counter,
 }
 
 fn gauge_u64(registry: &mut Registry, name: &str, help: &str, value: u64) {
@@ -65,26 +83,51 @@ fn gauge_u64(registry: &mut Registry, name: &str, help: &str, value: u64) {
     registry.register(name, help, g);
 }
 
+/// Millicores as cores (the base unit).
+fn cores(millicores: u64) -> f64 {
+    millicores as f64 / 1000.0
+}
+
+fn gauge_cores(registry: &mut Registry, name: &str, help: &str, millicores: u64) {
+    let g: Gauge<f64, AtomicU64> = Gauge::default();
+    g.set(cores(millicores));
+    registry.register(name, help, g);
+}
+
 impl Metrics {
     /// Builds the registry, with the constant reservation terms already set.
     pub fn new(capacity: &Capacity, reservation: &Reservation) -> Metrics {
         let mut registry = Registry::with_prefix("krw");
         let r = reservation;
-        for (name, help, value) in [
+        for (name, help, millicores) in [
             (
-                "lease_cpu_millicores",
-                "CPU granted by Marathon",
+                "lease_cpu_cores",
+                "CPU cores granted by Marathon",
                 r.lease.cpu_millicores,
             ),
+            (
+                "capacity_cpu_cores",
+                "Host CPU cores as kubelet measures them",
+                capacity.cpu_millicores,
+            ),
+            (
+                "system_reserved_cpu_cores",
+                "--system-reserved cpu, in cores",
+                r.system_reserved.cpu_millicores,
+            ),
+            (
+                "kube_reserved_cpu_cores",
+                "--kube-reserved cpu, in cores",
+                r.kube_reserved.cpu_millicores,
+            ),
+        ] {
+            gauge_cores(&mut registry, name, help, millicores);
+        }
+        for (name, help, value) in [
             (
                 "lease_memory_bytes",
                 "Memory granted by Marathon",
                 r.lease.memory_bytes,
-            ),
-            (
-                "capacity_cpu_millicores",
-                "Host CPU as kubelet measures it",
-                capacity.cpu_millicores,
             ),
             (
                 "capacity_memory_bytes",
@@ -97,19 +140,9 @@ impl Metrics {
                 capacity.hugepages_bytes,
             ),
             (
-                "system_reserved_cpu_millicores",
-                "--system-reserved cpu",
-                r.system_reserved.cpu_millicores,
-            ),
-            (
                 "system_reserved_memory_bytes",
                 "--system-reserved memory",
                 r.system_reserved.memory_bytes,
-            ),
-            (
-                "kube_reserved_cpu_millicores",
-                "--kube-reserved cpu",
-                r.kube_reserved.cpu_millicores,
             ),
             (
                 "kube_reserved_memory_bytes",
@@ -140,20 +173,41 @@ impl Metrics {
             drain_seconds: Gauge::default(),
             evictions: Family::default(),
             allocatable_mismatch: Gauge::default(),
+            http_connections_shed: Family::default(),
+            log_lines_dropped: Counter::default(),
             registry,
         };
-        m.allocatable_cpu
-            .set(i64::try_from(r.allocatable.cpu_millicores).unwrap_or(i64::MAX));
+        m.allocatable_cpu.set(cores(r.allocatable.cpu_millicores));
         m.allocatable_memory
             .set(i64::try_from(r.allocatable.memory_bytes).unwrap_or(i64::MAX));
+        m.zero_series();
         m.register_dynamic()
+    }
+
+    /// Creates every labelled series at zero, so that none appears only when it first counts.
+    fn zero_series(&self) {
+        for result in ["ok", "fail"] {
+            let _ = self.health_checks.get_or_create(&ResultLabel { result });
+            let _ = self.kubelet_probes.get_or_create(&ResultLabel { result });
+        }
+        for outcome in OUTCOMES {
+            let _ = self.evictions.get_or_create(&OutcomeLabel { outcome });
+        }
+        for server in ["healthz", "metrics"] {
+            for reason in crate::http::Shed::ALL {
+                let _ = self.http_connections_shed.get_or_create(&ShedLabel {
+                    server,
+                    reason: reason.label(),
+                });
+            }
+        }
     }
 
     fn register_dynamic(mut self) -> Metrics {
         let reg = &mut self.registry;
         reg.register(
-            "allocatable_cpu_millicores",
-            "Node allocatable CPU the agent configured",
+            "allocatable_cpu_cores",
+            "Node allocatable CPU cores the agent configured",
             self.allocatable_cpu.clone(),
         );
         reg.register(
@@ -216,15 +270,84 @@ impl Metrics {
             "1 when the node's reported allocatable differs from the lease",
             self.allocatable_mismatch.clone(),
         );
+        reg.register(
+            "http_connections_shed",
+            "HTTP connections closed without an answer, by server and reason (capacity: oldest idle shed for a new one; head_timeout; descriptors)",
+            self.http_connections_shed.clone(),
+        );
+        reg.register(
+            "log_lines_dropped",
+            "Log lines dropped because stderr was not read fast enough",
+            self.log_lines_dropped.clone(),
+        );
         self
     }
 
-    /// The registry in Prometheus text format.
-    pub fn encode(&self) -> String {
+    /// The registry in OpenMetrics 1.0 text format.
+    pub fn encode_openmetrics(&self) -> String {
+        // Monotonic and race-free however many scrapes run at once.
+        self.log_lines_dropped
+            .inner()
+            .fetch_max(crate::logging::dropped_lines(), Ordering::Relaxed);
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
         }
         out
+    }
+
+    /// The registry in the classic Prometheus text format, version 0.0.4.
+    pub fn encode_text(&self) -> String {
+        openmetrics_to_text(&self.encode_openmetrics())
+    }
+}
+
+/// Rewrites OpenMetrics text as the classic 0.0.4 format: a counter family is named with its
+/// `_total` suffix in `# HELP`/`# TYPE` (as its samples are), and there is no `# UNIT` or `# EOF`.
+pub fn openmetrics_to_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + 16 * counters.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                out.push_str(prefix);
+                out.push_str(name);
+                if counters.contains(name) {
+                    out.push_str("_total");
+                }
+                if !tail.is_empty() {
+                    out.push(' ');
+                    out.push_str(tail);
+                }
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classic_text_names_counter_families_with_their_suffix() {
+        let om = "# HELP krw_x Things.\n# TYPE krw_x counter\nkrw_x_total 0\n# HELP krw_g A gauge.\n# TYPE krw_g gauge\n# UNIT krw_g bytes\nkrw_g 1.5\n# EOF\n";
+        assert_eq!(
+            openmetrics_to_text(om),
+            "# HELP krw_x_total Things.\n# TYPE krw_x_total counter\nkrw_x_total 0\n# HELP krw_g A gauge.\n# TYPE krw_g gauge\nkrw_g 1.5\n"
+        );
     }
 }

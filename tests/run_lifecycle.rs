@@ -251,7 +251,7 @@ fn health_follows_kubelet_health_and_answers_fast_while_kubelet_hangs() {
     let (code, metrics) = http("GET", metrics_port, "/metrics").expect("metrics");
     assert_eq!(code, 200);
     for line in [
-        "krw_lease_cpu_millicores 2000",
+        "krw_lease_cpu_cores 2.0",
         "krw_allocatable_memory_bytes 4294967296",
         "krw_kubelet_up 1",
         "krw_health_checks_total{result=\"fail\"}",

@@ -230,16 +230,16 @@ fn the_host_settings_file_reaches_run_and_the_metrics_port_follows_the_host() {
     assert!(
         wait_until(Duration::from_secs(5), || metric(
             metrics_port,
-            "krw_lease_cpu_millicores"
-        ) == Some(2000.0)
+            "krw_lease_cpu_cores"
+        ) == Some(2.0)
             && metric(metrics_port, "krw_kubelet_zero_allocatable")
                 == Some(0.0)),
         "run does not serve the metrics port: {}",
         emu.task_stderr()
     );
     assert_eq!(
-        metric(metrics_port, "krw_kube_reserved_cpu_millicores"),
-        Some(100.0)
+        metric(metrics_port, "krw_kube_reserved_cpu_cores"),
+        Some(0.1)
     );
     let status = scratch.kubelet_status().expect("status");
     assert_eq!(status["kube_reserved"]["cpu_millicores"], 100, "{status}");
