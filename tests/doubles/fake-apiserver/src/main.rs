@@ -2,6 +2,7 @@
 //! the real kubectl (get, cordon, drain), kube-rs clients and the fake kubelet.
 //! Test-only; never shipped.
 
+mod apf;
 mod auth;
 mod patch;
 mod resources;
@@ -40,8 +41,9 @@ struct Args {
     /// JSON list of objects (or a List with items) created as admin at start.
     #[arg(long)]
     seed: Option<PathBuf>,
-    /// Added latency per request, in milliseconds.
-    #[arg(long, default_value_t = 0)]
+    /// Added latency per request, in milliseconds, spent holding the request's APF seat
+    /// (a loaded server).
+    #[arg(long, env = "FAKE_APISERVER_LATENCY_MS", default_value_t = 0)]
     latency_ms: u64,
     /// Fault mode active from the start: down | forbidden | unavailable.
     #[arg(long)]
@@ -63,6 +65,19 @@ struct Args {
     /// Watch events kept for resuming from a resourceVersion; older ones get 410 Expired.
     #[arg(long, default_value_t = 20_000)]
     watch_history: usize,
+    /// API Priority and Fairness: seats per limited priority level (node-high, system,
+    /// workload-high, workload-low, global-default); beyond them requests get 429 with
+    /// Retry-After. 0 (the default) = unlimited.
+    #[arg(long, env = "FAKE_APISERVER_MAX_INFLIGHT", default_value_t = 0)]
+    max_inflight: usize,
+    /// How long a request waits in its priority level's queue for a seat before the 429
+    /// (upstream queues; 0 rejects at once).
+    #[arg(long, env = "FAKE_APISERVER_APF_QUEUE_WAIT_MS", default_value_t = 0)]
+    apf_queue_wait_ms: u64,
+    /// Put system:masters in global-default instead of the exempt level (upstream always
+    /// exempts it; for tests whose clients run as admin).
+    #[arg(long, env = "FAKE_APISERVER_APF_LIMIT_MASTERS")]
+    apf_limit_masters: bool,
     /// Log every request to stderr.
     #[arg(long)]
     log_requests: bool,
@@ -98,6 +113,9 @@ fn run(args: Args) -> Result<(), String> {
     let app = Arc::new(App::new(Config {
         tokens,
         latency: Duration::from_millis(args.latency_ms),
+        max_inflight: args.max_inflight,
+        apf_queue_wait: Duration::from_millis(args.apf_queue_wait_ms),
+        apf_exempt_masters: !args.apf_limit_masters,
         fault_file: args.fault_file.clone(),
         fail_mode: args.fail_mode.clone(),
         server_version: args.server_version.clone(),
