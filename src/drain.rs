@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -95,7 +96,28 @@ pub async fn connect(kubeconfig: &Path) -> Result<Client, ApiError> {
     // kube's default retry layer would absorb 429/503/504 (up to 15 retries): the agent owns
     // its retries, honours Retry-After itself and must see every PodDisruptionBudget refusal.
     config.default_retry = false;
-    Client::try_from(config).map_err(|e| bad(e.to_string()))
+    let builder = kube::client::ClientBuilder::try_from(config).map_err(|e| bad(e.to_string()))?;
+    Ok(builder
+        .with_layer(&tower::util::MapResponseLayer::new(note_retry_after))
+        .build())
+}
+
+/// The last `Retry-After` (seconds) the API server sent with a 429; API Priority and Fairness
+/// answers `text/plain`, so the Status kube builds from it carries no `retryAfterSeconds`.
+/// The agent talks to one API server, so one process-wide value is enough.
+static LAST_RETRY_AFTER: AtomicU64 = AtomicU64::new(0);
+
+fn note_retry_after<B>(response: http::Response<B>) -> http::Response<B> {
+    if response.status() == http::StatusCode::TOO_MANY_REQUESTS {
+        let seconds = response
+            .headers()
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        LAST_RETRY_AFTER.store(seconds, Ordering::Relaxed);
+    }
+    response
 }
 
 /// Runs `future` but gives up at `deadline` (an API call must never outlive the drain budget).
@@ -112,11 +134,13 @@ async fn bounded<T>(
     }
 }
 
-/// How long a 429 asks the client to wait: the Status' `retryAfterSeconds` (the apiserver sets
-/// the `Retry-After` header from the same value), else 1 s.
+/// How long a 429 asks the client to wait: the Status' `retryAfterSeconds`, else the
+/// `Retry-After` header just seen, else 1 s.
 fn retry_after(status: &kube::core::Status) -> Duration {
+    let header = LAST_RETRY_AFTER.swap(0, Ordering::Relaxed);
     match status.details.as_ref().map(|d| d.retry_after_seconds) {
         Some(s) if s > 0 => Duration::from_secs(u64::from(s)),
+        _ if header > 0 => Duration::from_secs(header),
         _ => Duration::from_secs(1),
     }
 }
