@@ -597,7 +597,9 @@ async fn evict_one(ctx: &EvictionCtx<'_>, pod: &Pod) -> Evicted {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = changed => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                // Capped at 800 ms: a budget freed by something other than a pod leaving (a
+                // PodDisruptionBudget edited, a pod elsewhere turning Ready) is used within 1 s.
+                backoff = (backoff * 2).min(Duration::from_millis(800));
                 continue;
             }
             Some(429) => {
