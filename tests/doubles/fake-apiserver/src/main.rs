@@ -4,8 +4,12 @@
 
 mod apf;
 mod auth;
+mod controllers;
+mod nodelifecycle;
 mod patch;
+mod replicaset;
 mod resources;
+mod scheduler;
 mod selectors;
 mod server;
 mod store;
@@ -78,6 +82,45 @@ struct Args {
     /// exempts it; for tests whose clients run as admin).
     #[arg(long, env = "FAKE_APISERVER_APF_LIMIT_MASTERS")]
     apf_limit_masters: bool,
+    /// In-process controllers to run: a comma-separated subset of scheduler, replicaset,
+    /// nodelifecycle, or `all`. Default: none.
+    #[arg(long, env = "FAKE_APISERVER_CONTROLLERS", default_value = "")]
+    controllers: String,
+    /// Period of the controllers' loop, in milliseconds.
+    #[arg(
+        long,
+        env = "FAKE_APISERVER_CONTROLLER_INTERVAL_MS",
+        default_value_t = 200
+    )]
+    controller_interval_ms: u64,
+    /// kube-controller-manager --node-monitor-grace-period, in seconds (default 40 as in
+    /// pkg/controller/nodelifecycle/config/v1alpha1/defaults.go).
+    #[arg(
+        long,
+        env = "FAKE_APISERVER_NODE_MONITOR_GRACE_PERIOD_S",
+        default_value_t = 40.0
+    )]
+    node_monitor_grace_period_s: f64,
+    /// kube-controller-manager --node-startup-grace-period, in seconds.
+    #[arg(
+        long,
+        env = "FAKE_APISERVER_NODE_STARTUP_GRACE_PERIOD_S",
+        default_value_t = 60.0
+    )]
+    node_startup_grace_period_s: f64,
+    /// Turn off the Node authorizer's AuthorizeNodeWithSelectors rules (beta, on by
+    /// default since Kubernetes 1.32): nodes may then list/watch all nodes and pods.
+    #[arg(long, env = "FAKE_APISERVER_NO_AUTHORIZE_NODE_WITH_SELECTORS")]
+    no_authorize_node_with_selectors: bool,
+    /// kube-apiserver --etcd-compaction-interval, in seconds: each tick compacts to the
+    /// revision seen at the previous one, so watches and continue tokens from before get
+    /// 410 Expired. 0 = never.
+    #[arg(
+        long,
+        env = "FAKE_APISERVER_COMPACTION_INTERVAL_S",
+        default_value_t = 300.0
+    )]
+    compaction_interval_s: f64,
     /// Log every request to stderr.
     #[arg(long)]
     log_requests: bool,
@@ -102,6 +145,23 @@ fn run(args: Args) -> Result<(), String> {
             "--fail-mode must be down|forbidden|unavailable, got {m:?}"
         ));
     }
+    let secs =
+        |s: f64, flag: &str| Duration::try_from_secs_f64(s).map_err(|e| format!("{flag}: {e}"));
+    let mut controllers = controllers::Settings {
+        scheduler: false,
+        replicaset: false,
+        nodelifecycle: false,
+        interval: Duration::from_millis(args.controller_interval_ms.max(1)),
+        monitor_grace: secs(
+            args.node_monitor_grace_period_s,
+            "--node-monitor-grace-period-s",
+        )?,
+        startup_grace: secs(
+            args.node_startup_grace_period_s,
+            "--node-startup-grace-period-s",
+        )?,
+    };
+    controllers.parse_list(&args.controllers)?;
     let tokens = match &args.token_auth_file {
         Some(p) => {
             let text =
@@ -116,12 +176,17 @@ fn run(args: Args) -> Result<(), String> {
         max_inflight: args.max_inflight,
         apf_queue_wait: Duration::from_millis(args.apf_queue_wait_ms),
         apf_exempt_masters: !args.apf_limit_masters,
+        controllers,
         fault_file: args.fault_file.clone(),
         fail_mode: args.fail_mode.clone(),
         server_version: args.server_version.clone(),
         log_requests: args.log_requests,
     }));
-    app.lock().history_limit = args.watch_history;
+    {
+        let mut st = app.lock();
+        st.history_limit = args.watch_history;
+        st.node_selectors = !args.no_authorize_node_with_selectors;
+    }
     if let Some(p) = &args.seed {
         let text =
             std::fs::read_to_string(p).map_err(|e| format!("reading {}: {e}", p.display()))?;
@@ -185,6 +250,35 @@ async fn serve(app: Arc<App>, args: Args) -> Result<(), String> {
         }
     };
     tokio::pin!(shutdown);
+    if args.compaction_interval_s > 0.0 {
+        let every = Duration::try_from_secs_f64(args.compaction_interval_s)
+            .map_err(|e| format!("--compaction-interval-s: {e}"))?;
+        let app = app.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                app.lock().compact();
+            }
+        });
+    }
+    let settings = app.controllers.lock().map(|c| c.settings.clone());
+    if let Ok(settings) = settings
+        && settings.any()
+    {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(settings.interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let app = app.clone();
+                // The pass holds the state lock; keep it off the async workers.
+                let _ = tokio::task::spawn_blocking(move || app.run_controllers()).await;
+            }
+        });
+    }
     loop {
         let (stream, _) = tokio::select! {
             _ = &mut shutdown => return Ok(()),

@@ -2,6 +2,7 @@
 
 use crate::apf::{self, Apf, RequestInfo};
 use crate::auth::{self, Attrs, User};
+use crate::controllers::{Controllers, Settings as ControllerSettings};
 use crate::patch;
 use crate::resources::{self, LEASES, NAMESPACES, NODES, PDBS, PODS, ResourceDef};
 use crate::selectors::{FieldSelector, LabelSelector};
@@ -36,6 +37,7 @@ pub struct Config {
     pub max_inflight: usize,
     pub apf_queue_wait: Duration,
     pub apf_exempt_masters: bool,
+    pub controllers: ControllerSettings,
     pub fault_file: Option<PathBuf>,
     pub fail_mode: Option<String>,
     pub server_version: String,
@@ -47,6 +49,8 @@ pub struct App {
     pub cfg: Config,
     pub addr: Mutex<String>,
     pub apf: Apf,
+    /// The in-process controllers (`--controllers`); their loop runs in `main`.
+    pub controllers: Mutex<Controllers>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,11 +76,13 @@ impl App {
             .expect("default namespace");
         }
         let apf = Apf::new(cfg.max_inflight, cfg.apf_queue_wait, cfg.apf_exempt_masters);
+        let controllers = Mutex::new(Controllers::new(cfg.controllers.clone()));
         App {
             state: Mutex::new(st),
             cfg,
             addr: Mutex::new(String::new()),
             apf,
+            controllers,
         }
     }
 
@@ -96,6 +102,13 @@ impl App {
 
     pub fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One pass of the enabled controllers (controllers first, then state: the lock order).
+    pub fn run_controllers(&self) {
+        let mut c = self.controllers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = self.lock();
+        c.tick(&mut st, crate::util::unix_now_ms());
     }
 }
 
@@ -242,13 +255,18 @@ fn too_many_requests(r: &apf::Rejected) -> Response<Body> {
 }
 
 /// Test-only endpoints outside the API, served before faults and authentication and
-/// never rate-limited: `GET /debug/fake-apiserver/apf[?reset=true]`.
+/// never rate-limited: `GET /debug/fake-apiserver/apf[?reset=true]` and
+/// `GET /debug/fake-apiserver/controllers`.
 fn debug_endpoint(app: &App, parts: &hyper::http::request::Parts) -> Option<Response<Body>> {
     let rest = parts.uri.path().strip_prefix("/debug/fake-apiserver/")?;
     let query = parse_query(parts.uri.query());
     let reset = matches!(q(&query, "reset"), Some("true" | "1"));
     Some(match (rest.trim_end_matches('/'), &parts.method) {
         ("apf", &Method::GET) => json_response(200, &app.apf.stats(reset)),
+        ("controllers", &Method::GET) => {
+            let c = app.controllers.lock().unwrap_or_else(|e| e.into_inner());
+            json_response(200, &c.stats_json())
+        }
         _ => err_response(&ApiError::not_found_path()),
     })
 }
@@ -332,17 +350,18 @@ fn route(
         (&Method::GET, true, _) => "list",
         (&Method::GET, false, _) => "get",
         (&Method::POST, true, _) => "create",
-        (&Method::POST, false, "eviction") => "create",
+        (&Method::POST, false, "eviction" | "binding") => "create",
         (&Method::PUT, false, _) => "update",
         (&Method::PATCH, false, _) => "patch",
         (&Method::DELETE, false, "") => "delete",
         (&Method::DELETE, true, _) => "deletecollection",
         _ => return Err(ApiError::method_not_allowed()),
     };
-    if sub == "eviction" && verb != "create" {
+    if matches!(sub, "eviction" | "binding") && verb != "create" {
         return Err(ApiError::method_not_allowed());
     }
-    let attrs = Attrs::resource(verb, def, ns, name, sub);
+    let attrs = Attrs::resource(verb, def, ns, name, sub)
+        .with_field_selector(q(&query, "fieldSelector").unwrap_or(""));
     let accept = parts
         .headers
         .get(header::ACCEPT)
@@ -396,6 +415,7 @@ fn route(
             }
             watch_setup(st, def, filter, &query).map(|w| Reply::Watch(Box::new(w)))
         }
+        "create" if sub == "binding" => Ok(Reply::Json(201, bind(st, def, ns, name, body)?)),
         "create" if sub == "eviction" => {
             let (code, v) = evict(st, def, ns, name, user, body)?;
             Ok(Reply::Json(code, v))
@@ -453,7 +473,7 @@ fn route(
         "deletecollection" => {
             let opts = DeleteOpts::parse(body, &query)?;
             let ls = LabelSelector::parse(q(&query, "labelSelector").unwrap_or(""))?;
-            let fs = FieldSelector::parse(q(&query, "fieldSelector").unwrap_or(""))?;
+            let fs = FieldSelector::parse_for(def, q(&query, "fieldSelector").unwrap_or(""))?;
             let names: Vec<(String, String)> = st
                 .list(def.storage, ns_opt)
                 .into_iter()
@@ -570,6 +590,9 @@ fn strip_type(mut v: Value) -> Value {
     v
 }
 
+/// storage/etcd3 and the cacher, for a continue token older than the compaction.
+const CONTINUE_EXPIRED: &str = "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.";
+
 fn list(
     st: &State,
     def: &ResourceDef,
@@ -579,8 +602,20 @@ fn list(
     include_object: &str,
 ) -> Result<Reply, ApiError> {
     let ls = LabelSelector::parse(q(query, "labelSelector").unwrap_or(""))?;
-    let fs = FieldSelector::parse(q(query, "fieldSelector").unwrap_or(""))?;
-    let cont = q(query, "continue").filter(|c| !c.is_empty());
+    let fs = FieldSelector::parse_for(def, q(query, "fieldSelector").unwrap_or(""))?;
+    let cont = match q(query, "continue").filter(|c| !c.is_empty()) {
+        None => None,
+        Some(c) => {
+            let (rv, key) = c
+                .split_once(':')
+                .and_then(|(rv, k)| Some((rv.parse::<u64>().ok()?, k)))
+                .ok_or_else(|| ApiError::bad_request("continue key is not valid"))?;
+            if rv < st.compacted_rv() {
+                return Err(ApiError::new(410, "Expired", CONTINUE_EXPIRED));
+            }
+            Some(key)
+        }
+    };
     let mut items: Vec<&Value> = st
         .list(def.storage, ns)
         .into_iter()
@@ -600,7 +635,8 @@ fn list(
         items.truncate(limit);
         let last = items[limit - 1];
         meta["continue"] = json!(format!(
-            "{}/{}",
+            "{}:{}/{}",
+            st.rv,
             meta_str(last, "namespace"),
             meta_str(last, "name")
         ));
@@ -671,6 +707,41 @@ fn pod_qos(pod: &Value) -> &'static str {
         "Guaranteed"
     } else {
         "Burstable"
+    }
+}
+
+/// The DefaultTolerationSeconds admission plugin
+/// (plugin/pkg/admission/defaulttolerationseconds/admission.go): unless the pod already
+/// tolerates them, tolerate not-ready and unreachable NoExecute for 300 s.
+fn add_default_tolerations(pod: &mut Value) {
+    let tols = pod["spec"]
+        .get("tolerations")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let tolerates = |key: &str| {
+        tols.iter().any(|t| {
+            let k = t.get("key").and_then(Value::as_str).unwrap_or("");
+            let e = t.get("effect").and_then(Value::as_str).unwrap_or("");
+            (k == key || k.is_empty()) && (e == "NoExecute" || e.is_empty())
+        })
+    };
+    let mut add = Vec::new();
+    for key in [
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+    ] {
+        if !tolerates(key) {
+            add.push(
+                json!({"key": key, "operator": "Exists", "effect": "NoExecute",
+                "tolerationSeconds": 300}),
+            );
+        }
+    }
+    if !add.is_empty() {
+        let mut all = tols;
+        all.extend(add);
+        pod["spec"]["tolerations"] = Value::Array(all);
     }
 }
 
@@ -799,6 +870,9 @@ pub fn create(
         ] {
             spec.entry(k).or_insert(v);
         }
+        if !seed {
+            add_default_tolerations(&mut obj);
+        }
         if !seed || obj.get("status").is_none() {
             let qos = pod_qos(&obj);
             obj["status"] = json!({"phase": "Pending", "qosClass": qos});
@@ -913,6 +987,9 @@ fn mutate(
             }
         }
     }
+    if def.is(PODS) && sub.is_empty() {
+        check_pod_update(def, name, &old, &new)?;
+    }
     if old.get("spec") != new.get("spec") {
         let g = old
             .pointer("/metadata/generation")
@@ -948,6 +1025,57 @@ fn mutate(
     }
     let stored = st.replace(def.storage, new);
     Ok(out(def, &stored))
+}
+
+/// ValidatePodUpdate (pkg/apis/core/validation/validation.go): besides metadata, an
+/// update may only change container images, activeDeadlineSeconds, tolerations
+/// (additions), terminationGracePeriodSeconds and schedulingGates; nodeName is set
+/// through binding, never by update.
+fn check_pod_update(
+    def: &ResourceDef,
+    name: &str,
+    old: &Value,
+    new: &Value,
+) -> Result<(), ApiError> {
+    let (Some(os), Some(ns)) = (old.get("spec"), new.get("spec")) else {
+        return Ok(());
+    };
+    let mut mutated = os.clone();
+    for k in [
+        "activeDeadlineSeconds",
+        "tolerations",
+        "terminationGracePeriodSeconds",
+        "schedulingGates",
+    ] {
+        match ns.get(k) {
+            Some(v) => mutated[k] = v.clone(),
+            None => {
+                mutated.as_object_mut().map(|m| m.remove(k));
+            }
+        }
+    }
+    for list in ["containers", "initContainers"] {
+        if let (Some(cs), Some(ncs)) = (
+            mutated.get_mut(list).and_then(Value::as_array_mut),
+            ns.get(list).and_then(Value::as_array),
+        ) && cs.len() == ncs.len()
+        {
+            for (c, nc) in cs.iter_mut().zip(ncs) {
+                if let Some(img) = nc.get("image") {
+                    c["image"] = img.clone();
+                }
+            }
+        }
+    }
+    if mutated == *ns {
+        return Ok(());
+    }
+    Err(invalid(
+        def,
+        name,
+        "spec",
+        "Forbidden: pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)",
+    ))
 }
 
 #[derive(Debug, Default)]
@@ -1078,7 +1206,7 @@ fn delete(
 
 /// Graceful pod deletion: bound, non-terminal pods get deletionTimestamp and stay until
 /// deleted again with gracePeriodSeconds=0 (the kubelet's final delete).
-fn delete_pod(st: &mut State, def: &ResourceDef, obj: Value, grace: Option<i64>) -> Value {
+pub fn delete_pod(st: &mut State, def: &ResourceDef, obj: Value, grace: Option<i64>) -> Value {
     let phase = obj
         .pointer("/status/phase")
         .and_then(Value::as_str)
@@ -1130,6 +1258,59 @@ fn delete_pod(st: &mut State, def: &ResourceDef, obj: Value, grace: Option<i64>)
     out(def, &st.replace(PODS, o))
 }
 
+/// pods/binding (pkg/registry/core/pod/storage/storage.go `assignPod`): sets
+/// spec.nodeName once, with PodScheduled=True; 409 when already assigned or terminating.
+fn bind(
+    st: &mut State,
+    def: &'static ResourceDef,
+    ns: &str,
+    name: &str,
+    body: &Bytes,
+) -> Result<Value, ApiError> {
+    let b = parse_body(body)?;
+    let target = b
+        .pointer("/target/name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if target.is_empty() {
+        return Err(invalid(def, name, "target.name", "Required value"));
+    }
+    let mut pod = st
+        .get(PODS, ns, name)
+        .cloned()
+        .ok_or_else(|| not_found(def, name))?;
+    let pb = |why: String| {
+        ApiError::new(
+            409,
+            "Conflict",
+            format!("Operation cannot be fulfilled on pods/binding \"{name}\": {why}"),
+        )
+        .with_details(details(name, "", "pods/binding"))
+    };
+    if is_terminating(&pod) {
+        return Err(pb(format!(
+            "pod {name} is being deleted, cannot be assigned to a host"
+        )));
+    }
+    let current = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if !current.is_empty() {
+        return Err(pb(format!(
+            "pod {name} is already assigned to node \"{current}\""
+        )));
+    }
+    pod["spec"]["nodeName"] = json!(target);
+    crate::controllers::set_condition(
+        &mut pod,
+        json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null}),
+        &now_rfc3339(),
+    );
+    st.replace(PODS, pod);
+    Ok(success(201))
+}
+
 fn success(code: u16) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": code})
 }
@@ -1163,9 +1344,6 @@ fn evict(
     if let Some(node) = user.node_name() {
         auth::admit_pod_eviction(def, node, &pod)?;
     }
-    if is_terminating(&pod) {
-        return Ok((200, success(200)));
-    }
     let opts = ev
         .get("deleteOptions")
         .map(DeleteOpts::from_value)
@@ -1175,7 +1353,8 @@ fn evict(
         .pointer("/status/phase")
         .and_then(Value::as_str)
         .unwrap_or("");
-    if !matches!(phase, "Succeeded" | "Failed" | "Pending") {
+    // canIgnorePDB: terminal, Pending and terminating pods are deleted without a PDB check.
+    if !matches!(phase, "Succeeded" | "Failed" | "Pending") && !is_terminating(&pod) {
         let pods = st.list(PODS, Some(ns));
         let pdbs: Vec<&Value> = st
             .list(PDBS, Some(ns))
@@ -1194,7 +1373,7 @@ fn evict(
                     .pointer("/spec/unhealthyPodEvictionPolicy")
                     .and_then(Value::as_str)
                     == Some("AlwaysAllow")
-                    || m.current_healthy >= m.desired_healthy);
+                    || (m.current_healthy >= m.desired_healthy && m.desired_healthy > 0));
             if !unhealthy_ok && m.disruptions_allowed <= 0 {
                 return Err(ApiError::new(
                     429,
@@ -1209,6 +1388,17 @@ fn evict(
                 }]})));
             }
         }
+    }
+    // addConditionAndDeletePod: DisruptionTarget first (PodDisruptionConditions, GA 1.31).
+    let mut pod = pod;
+    let changed = crate::controllers::set_condition(
+        &mut pod,
+        json!({"type": "DisruptionTarget", "status": "True", "lastProbeTime": null,
+            "reason": "EvictionByEvictionAPI", "message": "Eviction API: evicting"}),
+        &now_rfc3339(),
+    );
+    if changed {
+        pod = st.replace(PODS, pod);
     }
     delete_pod(st, def, pod, opts.grace);
     Ok((201, success(201)))
@@ -1237,7 +1427,7 @@ impl WatchFilter {
             ns: ns.map(String::from),
             name: None,
             ls: LabelSelector::parse(q(query, "labelSelector").unwrap_or(""))?,
-            fs: FieldSelector::parse(q(query, "fieldSelector").unwrap_or(""))?,
+            fs: FieldSelector::parse_for(def, q(query, "fieldSelector").unwrap_or(""))?,
             table: None,
         })
     }
@@ -1318,10 +1508,12 @@ fn watch_setup(
     filter: WatchFilter,
     query: &[(String, String)],
 ) -> Result<WatchSetup, ApiError> {
+    // Without timeoutSeconds: minRequestTimeout (1800 s) × [1, 2), as the watch handler
+    // picks it (staging/src/k8s.io/apiserver/pkg/endpoints/handlers/get.go).
     let timeout = q(query, "timeoutSeconds")
         .and_then(|t| t.parse::<u64>().ok())
         .filter(|t| *t > 0)
-        .unwrap_or(1800);
+        .unwrap_or_else(|| 1800 + crate::util::random_u64() % 1800);
     let bookmarks = matches!(q(query, "allowWatchBookmarks"), Some("true" | "1"));
     let send_initial = matches!(q(query, "sendInitialEvents"), Some("true" | "1"));
     let rv_param = q(query, "resourceVersion").unwrap_or("");

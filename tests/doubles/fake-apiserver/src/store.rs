@@ -44,6 +44,12 @@ pub struct State {
     /// Events kept for watch resumption; older resourceVersions get 410 Expired.
     pub history_limit: usize,
     pub tx: broadcast::Sender<Arc<Event>>,
+    /// The Node authorizer's AuthorizeNodeWithSelectors behaviour (on by default).
+    pub node_selectors: bool,
+    /// Revisions at or below this were compacted away (etcd compaction).
+    compacted: u64,
+    /// The revision recorded at the last compaction tick, compacted at the next one.
+    compact_mark: u64,
 }
 
 impl Default for State {
@@ -61,6 +67,9 @@ impl State {
             history: VecDeque::new(),
             history_limit: 20_000,
             tx,
+            node_selectors: true,
+            compacted: 0,
+            compact_mark: 0,
         }
     }
 
@@ -73,12 +82,36 @@ impl State {
             history: VecDeque::new(),
             history_limit: self.history_limit,
             tx,
+            node_selectors: self.node_selectors,
+            compacted: self.compacted,
+            compact_mark: self.compact_mark,
         }
     }
 
     /// The oldest resourceVersion a watch may start from.
     pub fn oldest_watchable(&self) -> u64 {
-        self.history.front().map(|e| e.rv - 1).unwrap_or(self.rv)
+        self.history
+            .front()
+            .map(|e| e.rv - 1)
+            .unwrap_or(self.rv)
+            .max(self.compacted)
+    }
+
+    /// The last compacted revision: continue tokens and watches from before it get 410.
+    pub fn compacted_rv(&self) -> u64 {
+        self.compacted
+    }
+
+    /// One tick of kube-apiserver's compactor (`--etcd-compaction-interval`, 5 min):
+    /// compact to the revision seen at the previous tick, remember the current one
+    /// (staging/src/k8s.io/apiserver/pkg/storage/etcd3/compact.go).
+    pub fn compact(&mut self) {
+        self.compacted = self.compacted.max(self.compact_mark);
+        self.compact_mark = self.rv;
+        let c = self.compacted;
+        while self.history.front().is_some_and(|e| e.rv <= c) {
+            self.history.pop_front();
+        }
     }
 
     pub fn get(&self, storage: &str, ns: &str, name: &str) -> Option<&Value> {
