@@ -24,12 +24,11 @@ use std::time::{Duration, Instant};
 use kube::Client;
 use tokio::sync::Notify;
 
-use crate::agent::{Agent, ApiTarget, KubeletMode};
+use crate::agent::{Agent, ApiTarget, Ending, KubeletMode};
 use crate::cli::{DrainAtDeadline, RunArgs};
 use crate::drain::{self, ApiError, DrainOptions, DrainReport, Politeness};
 use crate::exit::Failure;
 use crate::health::Phase;
-use crate::serve::Ending;
 use crate::spawner::{Child, ExitInfo};
 
 /// The end of the drain budget given to a kubelet with zero allocatable and zero pods, when
