@@ -928,4 +928,34 @@ mod tests {
         assert_eq!(eviction_grace(Some(30), Duration::ZERO), 1);
         assert_eq!(eviction_grace(Some(0), Duration::from_secs(100)), 1);
     }
+
+    #[test]
+    fn pdb_refusals_are_told_from_throttling_and_retry_after_is_read() {
+        let pdb: kube::core::Status = serde_json::from_value(json!({
+            "kind": "Status", "code": 429, "reason": "TooManyRequests",
+            "message": "Cannot evict pod as it would violate the pod's disruption budget.",
+            "details": {"causes": [{"reason": "DisruptionBudget", "message": "The disruption budget db needs 1 healthy pods and has 1 currently"}]}
+        }))
+        .expect("status");
+        assert!(is_pdb_refusal(&pdb));
+        // API Priority and Fairness answers text/plain; kube builds a Status without details.
+        let apf = kube::core::Status::failure("Too many requests, please try again later.", "")
+            .with_code(429);
+        assert!(!is_pdb_refusal(&apf));
+        LAST_RETRY_AFTER.store(0, Ordering::Relaxed);
+        assert_eq!(retry_after(&apf), Duration::from_secs(1));
+        let _ = note_retry_after(
+            http::Response::builder()
+                .status(429)
+                .header(http::header::RETRY_AFTER, "4")
+                .body(())
+                .expect("response"),
+        );
+        assert_eq!(retry_after(&apf), Duration::from_secs(4));
+        let with_details: kube::core::Status = serde_json::from_value(json!({
+            "code": 429, "message": "slow down", "details": {"retryAfterSeconds": 7}
+        }))
+        .expect("status");
+        assert_eq!(retry_after(&with_details), Duration::from_secs(7));
+    }
 }
