@@ -415,8 +415,13 @@ async fn watch_presence(api: Api<Pod>, node: String, presence: Arc<Presence>) {
                 s.remove(&uid(&p));
             }),
             Err(e) => {
-                tracing::debug!(error = %e, "pod watch interrupted; retrying");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                // Re-list politely: wait out a 429's Retry-After, else a short pause.
+                let wait = match LAST_RETRY_AFTER.swap(0, Ordering::Relaxed) {
+                    0 => Duration::from_millis(200),
+                    secs => Duration::from_secs(secs),
+                };
+                tracing::debug!(error = %e, retry_in_seconds = wait.as_secs_f64(), "pod watch interrupted; retrying");
+                tokio::time::sleep(wait).await;
             }
         }
     }
