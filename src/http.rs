@@ -501,7 +501,7 @@ impl Routes for HealthRoutes {
         }
         let started = Instant::now();
         let (answer, result) = match self.health.verdict() {
-            Ok(()) => (plain(StatusCode::OK, "ok"), "ok"),
+            Ok(body) => (plain(StatusCode::OK, &body.to_string()), "ok"),
             Err(reason) => (
                 plain(StatusCode::SERVICE_UNAVAILABLE, &reason.to_string()),
                 "fail",
