@@ -229,6 +229,7 @@ ROOTFS="$TMP/rootfs"
 APT_ARCHIVE_CACHE="$KRW_CACHE/apt-archives-$SUITE"
 prepare_rootfs() {
   mkdir -p "$KRW_CACHE"
+  rm -f "$KRW_CACHE/rootfs-$SUITE-minbase-python3.tar" # the cache of the previous layout (no systemd)
   if [[ ! -s "$ROOTFS_TAR" ]]; then
     local mirror build="$KRW_CACHE/rootfs.build.$$"
     mirror=$(debian_mirror) || { echo "no $SUITE mirror found in /etc/apt (set KRW_DEBIAN_MIRROR)"; return 1; }
