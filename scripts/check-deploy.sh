@@ -229,6 +229,7 @@ ROOTFS="$TMP/rootfs"
 APT_ARCHIVE_CACHE="$KRW_CACHE/apt-archives-$SUITE"
 prepare_rootfs() {
   mkdir -p "$KRW_CACHE"
+  rm -f "$KRW_CACHE/rootfs-$SUITE-minbase-python3.tar" # the cache of the previous layout (no systemd)
   if [[ ! -s "$ROOTFS_TAR" ]]; then
     local mirror build="$KRW_CACHE/rootfs.build.$$"
     mirror=$(debian_mirror) || { echo "no $SUITE mirror found in /etc/apt (set KRW_DEBIAN_MIRROR)"; return 1; }
@@ -304,10 +305,12 @@ fi
 check "role's default .deb version = Cargo.toml version + -1" bash -c \
   "grep -qx 'kubelet_resource_wrapper_version: \"$(sed -n 's/^version = "\(.*\)"/\1/p' "$REPO/Cargo.toml" | head -n 1)-1\"' \
   '$REPO/ansible/roles/kubelet_resource_wrapper/defaults/main.yml'"
+# want CONDITION WHAT: evaluate CONDITION (in the caller's scope); on failure say WHAT and set
+# the caller's local e=1. The assert_* functions return $e: every assertion runs and is reported.
+want() { if ! eval "$1"; then echo "assertion failed: $2"; e=1; fi; }
 dpkg_lifecycle() {
   local r=$ROOTFS unit=kubelet-resource-wrapper-standby.service e=0
   local wants=$r/etc/systemd/system/multi-user.target.wants/$unit
-  want() { if ! eval "$1"; then echo "assertion failed: $2"; e=1; fi; }
   cp "$DEB1" "$DEB2" "$r/tmp/"
   timeout 120 chroot "$r" dpkg -i "/tmp/$(basename "$DEB1")" || return 1
   want '[[ "$(chroot $r dpkg-query -W -f="\${Version} \${Status}" kubelet-resource-wrapper)" == "$DEB_VERSION-1 install ok installed" ]]' "installed at revision 1"
@@ -390,7 +393,6 @@ AGENT_OWNED_CONFIG='systemReserved|kubeReserved|evictionHard|enforceNodeAllocata
 # plain (apply #3: defaults, kubelet from the local apt repository)
 assert_rootfs() {
   local mode=$1 r=$ROOTFS e=0
-  want() { if ! eval "$1"; then echo "assertion failed: $2"; e=1; fi; }
   statof() { stat -c '%a %U:%G %F' "$r$1" 2>/dev/null || echo missing; }
   # the agent, from its .deb
   want '[[ "$(chroot "$r" dpkg-query -W -f="\${Version} \${Status}" kubelet-resource-wrapper)" == "$DEB_VERSION-1 install ok installed" ]]' "agent .deb installed by the role"
@@ -613,7 +615,6 @@ verify_in_rootfs() {
 }
 assert_legacy() {
   local r=$ROOTFS e=0 unit=kubelet-resource-wrapper-standby.service
-  want() { if ! eval "$1"; then echo "assertion failed: $2"; e=1; fi; }
   want '[[ -f $r/usr/local/bin/kubelet-resource-wrapper && ! -L $r/usr/local/bin/kubelet-resource-wrapper ]]' "binary copied to /usr/local/bin"
   want 'cmp -s "$BIN_SRC" "$r/usr/local/bin/kubelet-resource-wrapper"' "binary content"
   want 'cmp -s "$REPO/packaging/$unit" "$r/etc/systemd/system/$unit"' "unit copied to /etc/systemd/system"
@@ -624,7 +625,6 @@ assert_legacy() {
 }
 assert_migrated() {
   local r=$ROOTFS e=0 unit=kubelet-resource-wrapper-standby.service
-  want() { if ! eval "$1"; then echo "assertion failed: $2"; e=1; fi; }
   want '[[ "$(chroot "$r" dpkg-query -W -f="\${Version} \${Status}" kubelet-resource-wrapper)" == "$DEB_VERSION-1 install ok installed" ]]' "agent .deb installed"
   want '[[ "$(readlink $r/usr/local/bin/kubelet-resource-wrapper)" == /usr/bin/kubelet-resource-wrapper ]]' "old binary replaced by a symlink to /usr/bin"
   want '[[ ! -e $r/etc/systemd/system/$unit ]]' "old unit copy removed"
