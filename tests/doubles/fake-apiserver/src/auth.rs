@@ -180,6 +180,7 @@ fn discovery_path(path: &str) -> bool {
         || path.starts_with("/readyz/")
 }
 
+/// The authorization 403 (responsewriters `forbiddenMessage`), with the authorizers' reason.
 pub fn forbidden(user: &User, a: &Attrs, why: &str) -> ApiError {
     let mut msg = if a.resource_request {
         let scope = if a.namespace.is_empty() {
@@ -223,6 +224,7 @@ pub fn admission_forbidden(def: &ResourceDef, name: &str, reason: &str) -> ApiEr
         .with_details(details(name, def.group, def.plural))
 }
 
+/// Authorize a request: system:masters, discovery paths, the Node authorizer, then RBAC.
 pub fn authorize(st: &State, user: &User, a: &Attrs) -> Result<(), ApiError> {
     if user.is_master() {
         return Ok(());
@@ -738,6 +740,7 @@ pub fn admit_pod_create(
     Ok(())
 }
 
+/// NodeRestriction for pod deletes by a node: only pods bound to it.
 pub fn admit_pod_delete(def: &ResourceDef, node: &str, pod: &Value) -> Result<(), ApiError> {
     if pod_node(pod) != node {
         return Err(admission_forbidden(
@@ -749,6 +752,7 @@ pub fn admit_pod_delete(def: &ResourceDef, node: &str, pod: &Value) -> Result<()
     Ok(())
 }
 
+/// NodeRestriction for pod status updates by a node: only its pods, no label changes.
 pub fn admit_pod_status(
     def: &ResourceDef,
     node: &str,
@@ -796,6 +800,7 @@ pub fn admit_lease(def: &ResourceDef, node: &str, ns: &str, name: &str) -> Resul
     Ok(())
 }
 
+/// NodeRestriction for evictions by a node: only pods bound to it.
 pub fn admit_pod_eviction(def: &ResourceDef, node: &str, pod: &Value) -> Result<(), ApiError> {
     if pod_node(pod) != node {
         return Err(admission_forbidden(

@@ -29,6 +29,7 @@ use tokio::sync::{broadcast, mpsc};
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = BoxBody<Bytes, BoxError>;
 
+/// Server settings from the command line.
 pub struct Config {
     pub tokens: Option<HashMap<String, User>>,
     pub latency: Duration,
@@ -44,6 +45,7 @@ pub struct Config {
     pub log_requests: bool,
 }
 
+/// The server: state, settings, API Priority and Fairness and the controllers.
 pub struct App {
     pub state: Mutex<State>,
     pub cfg: Config,
@@ -541,6 +543,7 @@ fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
     Ok(v)
 }
 
+/// 404 `<resource> "<name>" not found`.
 pub fn not_found(def: &ResourceDef, name: &str) -> ApiError {
     ApiError::new(
         404,
@@ -564,11 +567,17 @@ fn conflict(def: &ResourceDef, name: &str, why: &str) -> ApiError {
     .with_details(details(name, def.group, def.plural))
 }
 
+/// 422 as `apierrors.NewInvalid`: the qualified kind (`Lease.coordination.k8s.io`).
 fn invalid(def: &ResourceDef, name: &str, field: &str, msg: &str) -> ApiError {
+    let kind = if def.group.is_empty() {
+        def.kind.to_string()
+    } else {
+        format!("{}.{}", def.kind, def.group)
+    };
     ApiError::new(
         422,
         "Invalid",
-        format!("{} \"{}\" is invalid: {}: {}", def.kind, name, field, msg),
+        format!("{kind} \"{name}\" is invalid: {field}: {msg}"),
     )
     .with_details(json!({"name": name, "group": def.group, "kind": def.kind,
         "causes": [{"reason": "FieldValueInvalid", "message": msg, "field": field}]}))
@@ -890,6 +899,9 @@ pub fn create(
         let pods = st.list(PODS, Some(ns));
         obj["status"] = store::pdb_status(&obj, &pods);
     }
+    if def.is(LEASES) {
+        validate_lease(def, &name, &obj)?;
+    }
     let stored = st.insert(def.storage, obj);
     Ok(out(def, &stored))
 }
@@ -990,6 +1002,9 @@ fn mutate(
     if def.is(PODS) && sub.is_empty() {
         check_pod_update(def, name, &old, &new)?;
     }
+    if def.is(LEASES) {
+        validate_lease(def, name, &new)?;
+    }
     if old.get("spec") != new.get("spec") {
         let g = old
             .pointer("/metadata/generation")
@@ -1025,6 +1040,32 @@ fn mutate(
     }
     let stored = st.replace(def.storage, new);
     Ok(out(def, &stored))
+}
+
+/// ValidateLeaseSpec (pkg/apis/coordination/validation/validation.go).
+fn validate_lease(def: &ResourceDef, name: &str, lease: &Value) -> Result<(), ApiError> {
+    let int = |k: &str| lease.pointer(&format!("/spec/{k}")).and_then(Value::as_i64);
+    if let Some(d) = int("leaseDurationSeconds")
+        && d <= 0
+    {
+        return Err(invalid(
+            def,
+            name,
+            "spec.leaseDurationSeconds",
+            &format!("Invalid value: {d}: must be greater than 0"),
+        ));
+    }
+    if let Some(t) = int("leaseTransitions")
+        && t < 0
+    {
+        return Err(invalid(
+            def,
+            name,
+            "spec.leaseTransitions",
+            &format!("Invalid value: {t}: must be greater than or equal to 0"),
+        ));
+    }
+    Ok(())
 }
 
 /// ValidatePodUpdate (pkg/apis/core/validation/validation.go): besides metadata, an
@@ -1406,6 +1447,7 @@ fn evict(
 
 // ------------------------------------------------------------------------- watch
 
+/// What a watch selects and how it renders events.
 pub struct WatchFilter {
     storage: &'static str,
     ns: Option<String>,
@@ -1477,6 +1519,7 @@ impl WatchFilter {
     }
 }
 
+/// A watch ready to stream: initial events and the live subscription.
 pub struct WatchSetup {
     def: &'static ResourceDef,
     initial: Vec<Bytes>,
@@ -1591,8 +1634,10 @@ fn start_watch(app: Arc<App>, w: WatchSetup) -> Response<Body> {
         let Some(mut events) = events else { return };
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
+        let ends_at = Instant::now() + timeout;
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         let mut last_bookmark = Instant::now();
+        let mut final_bookmark = false;
         loop {
             tokio::select! {
                 _ = &mut deadline => return,
@@ -1605,13 +1650,9 @@ fn start_watch(app: Arc<App>, w: WatchSetup) -> Response<Body> {
                                 return;
                             }
                     }
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        let e = ApiError::new(410, "Expired", "watch fell behind; too old resource version");
-                        let mut v = serde_json::to_vec(&json!({"type": "ERROR", "object": e.status()})).unwrap_or_default();
-                        v.push(b'\n');
-                        let _ = tx.send(Ok(Bytes::from(v))).await;
-                        return;
-                    }
+                    // A watcher that cannot keep up is closed by the cacher
+                    // ("Forcing watcher close due to unresponsiveness"): the stream ends.
+                    Err(broadcast::error::RecvError::Lagged(_)) => return,
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
                 _ = tick.tick() => {
@@ -1619,8 +1660,14 @@ fn start_watch(app: Arc<App>, w: WatchSetup) -> Response<Body> {
                         let _ = tx.send(Err("fault injected: down".into())).await;
                         return;
                     }
-                    if bookmarks && last_bookmark.elapsed() >= Duration::from_secs(30) {
+                    // The cacher's bookmarks: about every minute
+                    // (defaultBookmarkFrequency) and one ~2 s before the deadline.
+                    let near_end = ends_at.saturating_duration_since(Instant::now()) <= Duration::from_secs(2);
+                    if bookmarks
+                        && (last_bookmark.elapsed() >= Duration::from_secs(60) || (near_end && !final_bookmark))
+                    {
                         last_bookmark = Instant::now();
+                        final_bookmark |= near_end;
                         if tx.send(Ok(bookmark(def, rv, false))).await.is_err() {
                             return;
                         }

@@ -37,6 +37,7 @@ pub struct Event {
 
 pub type Key = (String, String);
 
+/// All objects, the global resourceVersion and the watch history.
 pub struct State {
     pub rv: u64,
     tables: HashMap<&'static str, BTreeMap<Key, Value>>,
@@ -271,6 +272,7 @@ impl State {
     }
 }
 
+/// Running with condition Ready=True (podutil.IsPodReady).
 pub fn pod_is_ready(pod: &Value) -> bool {
     pod.pointer("/status/phase").and_then(Value::as_str) == Some("Running")
         && pod
@@ -284,6 +286,7 @@ pub fn pod_is_ready(pod: &Value) -> bool {
             })
 }
 
+/// The object has a deletionTimestamp.
 pub fn is_terminating(obj: &Value) -> bool {
     obj.pointer("/metadata/deletionTimestamp")
         .is_some_and(|v| !v.is_null())
@@ -305,6 +308,7 @@ fn scaled(v: &Value, total: i64) -> Option<i64> {
     }
 }
 
+/// The disruption controller's numbers for one PDB.
 pub struct PdbMath {
     pub expected: i64,
     pub current_healthy: i64,
@@ -312,6 +316,7 @@ pub struct PdbMath {
     pub disruptions_allowed: i64,
 }
 
+/// Compute a PDB's expected, healthy and allowed counts from the namespace's pods.
 pub fn pdb_math(pdb: &Value, pods: &[&Value]) -> PdbMath {
     let sel = LabelSelector::from_object(pdb.pointer("/spec/selector"));
     let matching: Vec<&&Value> = pods.iter().filter(|p| sel.matches(p)).collect();
@@ -336,6 +341,7 @@ pub fn pdb_math(pdb: &Value, pods: &[&Value]) -> PdbMath {
     }
 }
 
+/// A PDB's `.status` as the disruption controller writes it.
 pub fn pdb_status(pdb: &Value, pods: &[&Value]) -> Value {
     let m = pdb_math(pdb, pods);
     let generation = pdb

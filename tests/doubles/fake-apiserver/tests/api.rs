@@ -475,13 +475,7 @@ fn eviction_404_200_429_and_success() {
     let (_, p) = get(&s, "/api/v1/namespaces/default/pods/free", ADMIN);
     assert_eq!(p["metadata"]["deletionGracePeriodSeconds"], 3);
     // The eviction marked it first (PodDisruptionConditions).
-    let dt = p["status"]["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "DisruptionTarget")
-        .cloned()
-        .unwrap();
+    let dt = condition(&p, "DisruptionTarget");
     assert_eq!(
         (&dt["status"], &dt["reason"], &dt["message"]),
         (
@@ -1362,6 +1356,18 @@ fn node_lease_crud_watch_and_conflicts() {
         (c, &g["spec"]["renewTime"]),
         (200, &json!("2026-01-01T00:00:20.000000Z"))
     );
+    let (c, e) = patch(
+        &s,
+        &format!("{LEASES}/n1"),
+        NODE1,
+        MP,
+        &json!({"spec": {"leaseDurationSeconds": 0}}),
+    );
+    assert_eq!(c, 422);
+    assert_eq!(
+        e["message"],
+        "Lease.coordination.k8s.io \"n1\" is invalid: spec.leaseDurationSeconds: Invalid value: 0: must be greater than 0"
+    );
     let (c, list) = get(&s, LEASES, ADMIN);
     assert_eq!(c, 200);
     assert_eq!(list["kind"], "LeaseList");
@@ -1755,4 +1761,25 @@ fn unsupported_field_selectors_and_node_reads_of_referenced_secrets() {
             .ends_with("no relationship found between node 'n1' and this object")
     );
     assert_eq!(get(&s, "/api/v1/namespaces/default/secrets", NODE1).0, 403);
+}
+
+#[test]
+fn watch_sends_a_bookmark_before_its_deadline() {
+    let s = seeded(vec![node("n1")]);
+    let (_, l) = get(&s, "/api/v1/nodes", ADMIN);
+    let mut w = Watch::open(
+        &s,
+        &format!(
+            "/api/v1/nodes?watch=1&resourceVersion={}&allowWatchBookmarks=true&timeoutSeconds=3",
+            rv(&l)
+        ),
+        ADMIN,
+    );
+    let events: Vec<Value> = std::iter::from_fn(|| w.next()).collect();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["type"], "BOOKMARK");
+    assert_eq!(
+        events[0]["object"]["metadata"]["resourceVersion"],
+        l["metadata"]["resourceVersion"]
+    );
 }
