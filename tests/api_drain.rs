@@ -542,6 +542,17 @@ fn a_kubelet_that_stops_renewing_its_lease_while_the_api_answers_gets_503() {
     );
     emu.expect_healthy(Duration::from_secs(25));
     assert_eq!(metric(metrics_port, "krw_node_lease_expired"), Some(0.0));
+    // Every node and drain series exists from start.
+    for name in [
+        "krw_drain_left_behind_pods",
+        "krw_drain_forced_pods_total",
+        "krw_api_throttled_total",
+    ] {
+        assert_eq!(metric(metrics_port, name), Some(0.0), "{name}");
+    }
+    for name in ["krw_node_ready", "krw_api_reachable"] {
+        assert!(metric(metrics_port, name).is_some(), "{name}");
+    }
     std::fs::write(&stuck, "").expect("fault");
     assert!(
         wait_until(Duration::from_secs(12), || http("GET", port, "/healthz")
