@@ -17,16 +17,6 @@ use running_agent::{RunningAgent, Stderr, get_raw};
 const RULES: &str = "monitoring/kubelet-resource-wrapper.rules.yml";
 const RULE_TESTS: &str = "monitoring/kubelet-resource-wrapper.rules.test.yml";
 
-/// Metrics the rules use that the `agent7` branch adds (node lease, readiness, API, drain).
-const FROM_AGENT7: &[&str] = &[
-    "krw_node_lease_expired",
-    "krw_node_ready",
-    "krw_api_reachable",
-    "krw_drain_left_behind_pods",
-    "krw_drain_forced_pods_total",
-    "krw_api_throttled_total",
-];
-
 fn promtool(args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = Command::new("promtool")
         .args(args)
@@ -185,7 +175,7 @@ fn rules_use_only_metrics_the_agent_exports() {
     assert!(used.len() >= 5, "{used:?}");
     let unknown: Vec<&&str> = used
         .iter()
-        .filter(|m| !exported.contains(m) && !FROM_AGENT7.contains(m))
+        .filter(|m| !exported.contains(m))
         .collect();
     assert!(
         unknown.is_empty(),
