@@ -64,7 +64,7 @@ PY
 }
 # pod STATE: the static pod "web" (100m CPU, 64Mi) in the current kubelet's status:
 #   running  = admitted, phase Running, its process alive (pid saved in $OUT/pod.pid)
-#   rejected = phase Failed, reason OutOfcpu, and no process of it left
+#   rejected = phase Failed, reason OutOfpods (standby runs kubelet with --max-pods=0: the pod count is checked first), and no process of it left
 pod() {
   python3 - "$STATUS" "$1" "$OUT/pod.pid" "$(kubelets | head -n 1)" <<'PY'
 import json, os, sys
@@ -85,7 +85,7 @@ if want == "running":
     if ok:
         open(pidfile, "w").write(str(p["pid"]))
 else:
-    ok = p.get("phase") == "Failed" and p.get("reason") == "OutOfcpu" and not (p.get("pid") and alive(p["pid"]))
+    ok = p.get("phase") == "Failed" and p.get("reason") == "OutOfpods" and not (p.get("pid") and alive(p["pid"]))
 if not ok:
     sys.exit(f"pod web: {p}")
 PY
@@ -143,7 +143,7 @@ check "standby's kubelet runs with zero allocatable (cpu 0, memory 0)" wait_for 
 check "standby's kubelet runs without the agent-owned reservation in config.yaml" \
   bash -c "! grep -Eq '^(systemReserved|kubeReserved|evictionHard|enforceNodeAllocatable|reservedSystemCPUs|reservedMemory|healthzPort|healthzBindAddress|systemReservedCgroup|kubeReservedCgroup):' /var/lib/kubelet/config.yaml"
 
-check "under standby a pod requesting 100m CPU is rejected (OutOfcpu), no process" wait_for 30 pod rejected
+check "under standby a pod requesting 100m CPU is rejected (OutOfpods: zero pods), no process" wait_for 30 pod rejected
 
 touch "$OUT/sampling"
 sampler &
