@@ -88,6 +88,10 @@ pub async fn connect(kubeconfig: &Path) -> Result<Client, ApiError> {
         path: kubeconfig.display().to_string(),
         problem,
     };
+    // kube reads the file with a blocking read: a FIFO or a device planted there would hang the
+    // runtime thread (and the task kill with it). Only a bounded regular file gets that far.
+    crate::fsread::read_bytes(kubeconfig, crate::fsread::CONFIG_CAP)
+        .map_err(|e| bad(e.to_string()))?;
     let file = Kubeconfig::read_from(kubeconfig).map_err(|e| bad(e.to_string()))?;
     let mut config = Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
         .await

@@ -268,6 +268,26 @@ fn an_operators_cordon_is_kept_through_kill_and_return() {
 }
 
 #[test]
+fn a_fifo_as_the_drain_kubeconfig_neither_hangs_health_nor_the_task_kill() {
+    let c = Cluster::new();
+    let fifo = c.scratch.path("drain.kubeconfig");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    let port = free_port();
+    let fifo_env = fifo.display().to_string();
+    let mut emu = c.launch(port, &[("KRW_KUBECONFIG", fifo_env.as_str())], "6");
+    // Reported, never a 503: the API cannot be read with these credentials.
+    emu.expect_healthy(Duration::from_secs(25));
+    emu.kill_task();
+    let terminal = emu
+        .wait_for(Duration::from_secs(12), |v| v["event"] == "terminal")
+        .expect("terminal");
+    assert_eq!(terminal["exit_code"], 0, "{}", emu.task_stderr());
+    let log = emu.task_stderr();
+    assert!(log.contains("is a FIFO, not a regular file"), "{log}");
+    assert_eq!(summary(&log)["mode"], "zero-allocatable", "{log}");
+}
+
+#[test]
 fn api_down_falls_back_to_zero_allocatable_within_the_grace_period() {
     let c = Cluster::new();
     c.scratch.pod("static-web", "100m", "128Mi");
