@@ -483,22 +483,31 @@ fn ready_heartbeat_age_seconds(node: &Value) -> f64 {
 }
 
 #[test]
-fn healthy_at_upstream_cadence_long_after_the_last_status_post() {
-    // kubelet's real cadence: the status is posted once at start and then every 5 min; the
-    // Lease is renewed every 10 s. The agent's rule is not shortened: the check must stay 200
-    // for longer than the old 60 s heartbeat rule and a full 40 s Lease duration.
+fn healthy_for_ten_emulated_minutes_with_one_status_post() {
+    // Ten minutes of a healthy kubelet, emulated: the node Lease at a tenth of upstream's
+    // timing (4 s instead of leaseDurationSeconds 40, renewed every quarter of it), so 75 s are
+    // 12.5 emulated minutes of renewals; the node status at kubelet's real cadence (posted at
+    // start, then every 5 min), so the Ready heartbeat ends well past the old 60 s rule. The
+    // agent's rule is not shortened: it reads the duration from the Lease, as for upstream's 40 s.
     let c = Cluster::new();
     let port = free_port();
     let metrics_port = free_port();
     let metrics = format!("127.0.0.1:{metrics_port}");
-    let mut emu = c.launch(port, &[("KRW_METRICS_ADDR", metrics.as_str())], "6");
+    let mut emu = c.launch(
+        port,
+        &[
+            ("KRW_METRICS_ADDR", metrics.as_str()),
+            ("FAKE_KUBELET_NODE_LEASE_DURATION_SECONDS", "4"),
+        ],
+        "6",
+    );
     emu.expect_healthy(Duration::from_secs(25));
     let until = std::time::Instant::now() + Duration::from_secs(75);
     while std::time::Instant::now() < until {
         let (code, body) = http("GET", port, "/healthz").expect("answer");
         assert_eq!(code, 200, "{body}\n{}", emu.task_stderr());
         assert_eq!(body.trim(), "ok", "{body}");
-        std::thread::sleep(Duration::from_secs(2));
+        std::thread::sleep(Duration::from_millis(500));
     }
     // The heartbeat is well past the old rule's 60 s; the Lease carries liveness.
     let node = c.node();

@@ -173,10 +173,7 @@ fn rules_use_only_metrics_the_agent_exports() {
     used.sort_unstable();
     used.dedup();
     assert!(used.len() >= 5, "{used:?}");
-    let unknown: Vec<&&str> = used
-        .iter()
-        .filter(|m| !exported.contains(m))
-        .collect();
+    let unknown: Vec<&&str> = used.iter().filter(|m| !exported.contains(m)).collect();
     assert!(
         unknown.is_empty(),
         "rules use metrics nobody exports: {unknown:?}"
