@@ -81,11 +81,9 @@ pub fn detect(root: &Path) -> Result<Capacity, String> {
             }
         }
     } else {
-        for cpu in numbered_dirs(&sys_cpu, "cpu") {
-            if is_online(cpu) {
-                cores += 1;
-            }
-        }
+        // cadvisor's getCPUTopology (utils/sysinfo/sysinfo.go): without NUMA node directories
+        // the count is len(cpusPaths), every cpuN directory, offline CPUs included.
+        cores = numbered_dirs(&sys_cpu, "cpu").len() as i64;
     }
     let meminfo_path = root.join("proc/meminfo");
     let meminfo = fs::read_to_string(&meminfo_path)

@@ -330,6 +330,11 @@ pub fn default_eviction_hard() -> BTreeMap<String, ThresholdValue> {
         "imagefs.available".to_string(),
         ThresholdValue::Percentage(15.0f32 / 100.0),
     );
+    // Since v1.30 (kubernetes/kubernetes#121834): pkg/kubelet/eviction/defaults_linux.go.
+    m.insert(
+        "imagefs.inodesFree".to_string(),
+        ThresholdValue::Percentage(5.0f32 / 100.0),
+    );
     m
 }
 

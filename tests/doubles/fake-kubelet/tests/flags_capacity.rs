@@ -92,9 +92,10 @@ fn capacity_numa_without_online_file_counts_all() {
 
 #[test]
 fn capacity_without_node_dirs_falls_back_to_cpu_dirs() {
+    // cadvisor's getCPUTopology counts every cpuN directory here, offline ones included.
     let host = HostRoot::new(4_000_000).flat_cpus(6).online("0-3");
     let (st, _) = capacity_of(&host, &["--experimental-allocatable-ignore-eviction"]);
-    assert_eq!(st["capacity"]["cpu_millicores"], 4000);
+    assert_eq!(st["capacity"]["cpu_millicores"], 6000);
     // eviction ignored: allocatable memory == capacity
     assert_eq!(st["eviction_hard_memory_bytes"], 0);
     assert_eq!(st["allocatable"]["memory_bytes"], 4_000_000i64 * 1024);
