@@ -33,7 +33,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::model::{App, State, Task, has_health_checks, has_unique_hostname, instances, num};
+use crate::model::{
+    App, State, Task, has_health_checks, has_unique_hostname, instances, num, resources,
+};
 use crate::util::{new_uuid, now_iso};
 
 /// Mesos' health-check timing defaults as Marathon sets them (`HealthCheck.scala`).
@@ -106,6 +108,8 @@ pub struct LiveTask {
     pub killed: bool,
     /// The emulator (the "executor"), signalled to kill the task.
     pub executor_pid: u32,
+    /// The resources of the app version it was launched with: cpus, mem, disk, gpus.
+    pub resources: [f64; 4],
     /// When it was staged and when it began running (for `killSelection`).
     pub staged: Instant,
     pub running_since: Option<Instant>,
@@ -899,6 +903,7 @@ impl State {
         let app_value = self.app_json_for_launch(app_id);
         let config = app.config_version.clone();
         let version = app.version.clone();
+        let resources = resources(&app.def);
         self.task_seq += 1;
         let seq = self.task_seq;
         let task_id = format!(
@@ -945,6 +950,7 @@ impl State {
                     consecutive_failures: 0,
                     killed: false,
                     executor_pid: pid,
+                    resources,
                     staged: Instant::now(),
                     running_since: None,
                 }),

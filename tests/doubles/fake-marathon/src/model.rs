@@ -108,6 +108,16 @@ pub(crate) fn num(def: &Map<String, Value>, key: &str, default: f64) -> f64 {
     def.get(key).and_then(Value::as_f64).unwrap_or(default)
 }
 
+/// An app's (cpus, mem, disk, gpus) with Marathon's defaults.
+pub(crate) fn resources(def: &Map<String, Value>) -> [f64; 4] {
+    [
+        num(def, "cpus", 1.0),
+        num(def, "mem", 128.0),
+        num(def, "disk", 0.0),
+        num(def, "gpus", 0.0),
+    ]
+}
+
 pub(crate) fn instances(def: &Map<String, Value>) -> u64 {
     def.get("instances").and_then(Value::as_u64).unwrap_or(1)
 }
@@ -844,6 +854,11 @@ fn task_json(app_id: &str, app: &App, t: &Task) -> Value {
     } else {
         Vec::new()
     };
+    // A task keeps the resources of the version it was launched with.
+    let res = t
+        .live
+        .as_ref()
+        .map_or_else(|| resources(&app.def), |l| l.resources);
     json!({
         "id": t.id,
         "appId": app_id,
@@ -859,10 +874,10 @@ fn task_json(app_id: &str, app: &App, t: &Task) -> Value {
         "localVolumes": [],
         "role": "*",
         "healthCheckResults": health,
-        "cpus": num(&app.def, "cpus", 1.0),
-        "mem": num(&app.def, "mem", 128.0),
-        "disk": num(&app.def, "disk", 0.0),
-        "gpus": num(&app.def, "gpus", 0.0),
+        "cpus": res[0],
+        "mem": res[1],
+        "disk": res[2],
+        "gpus": res[3],
     })
 }
 
