@@ -204,26 +204,59 @@ pub fn authorize(st: &State, user: &User, a: &Attrs) -> Result<(), ApiError> {
     if !a.resource_request && a.verb == "get" && discovery_path(&a.path) {
         return Ok(());
     }
-    if let Some(node) = user.node_name()
-        && node_authorizer(node, a)
-    {
-        return Ok(());
+    // Union authorizer (Node, RBAC): the first Allow wins; a denial carries the reasons
+    // the authorizers gave (union.go joins them; RBAC gives none for "no rule matched").
+    let mut why = String::new();
+    if let Some(node) = user.node_name() {
+        match node_authorizer(node, a) {
+            Ok(()) => return Ok(()),
+            Err(reason) => why = reason,
+        }
     }
     if rbac_allows(st, user, a) {
         return Ok(());
     }
-    Err(forbidden(user, a, ""))
+    Err(forbidden(user, a, &why))
 }
+
+/// The Node authorizer's lease rule (node_authorizer.go `authorizeLease`): a node may get,
+/// create, update, patch or delete leases in kube-node-lease, and for every verb but
+/// create (whose name the authorizer cannot see) only the lease named after itself.
+/// No list or watch.
+fn authorize_lease(node: &str, a: &Attrs) -> Result<(), String> {
+    if !matches!(
+        a.verb.as_str(),
+        "get" | "create" | "update" | "patch" | "delete"
+    ) {
+        return Err("can only get, create, update, patch, or delete a node lease".into());
+    }
+    if a.namespace != NODE_LEASE_NS {
+        return Err(format!(
+            "can only access leases in the {NODE_LEASE_NS:?} system namespace"
+        ));
+    }
+    if a.verb != "create" && a.name != node {
+        return Err("can only access node lease with the same name as the requesting node".into());
+    }
+    Ok(())
+}
+
+/// The namespace of node Leases (`api.NamespaceNodeLease`).
+pub const NODE_LEASE_NS: &str = "kube-node-lease";
 
 /// Node authorizer + the bootstrap NodeRules it is paired with. Object-level limits
 /// (own node, own pods) are NodeRestriction admission, checked by the handlers.
-fn node_authorizer(node: &str, a: &Attrs) -> bool {
+/// `Err` carries the authorizer's reason for having no opinion (may be empty).
+fn node_authorizer(node: &str, a: &Attrs) -> Result<(), String> {
     if !a.resource_request {
-        return false;
+        return Err(String::new());
+    }
+    if a.group == "coordination.k8s.io" && a.resource == "leases" {
+        return authorize_lease(node, a);
     }
     let v = a.verb.as_str();
     let read = matches!(v, "get" | "list" | "watch");
-    match (
+    let allowed = match (
         a.group.as_str(),
         a.resource.as_str(),
         a.subresource.as_str(),
@@ -238,13 +271,9 @@ fn node_authorizer(node: &str, a: &Attrs) -> bool {
         }
         ("", "services", "") => read,
         ("", "configmaps" | "secrets", "") => read,
-        ("coordination.k8s.io", "leases", "") => {
-            a.namespace == "kube-node-lease"
-                && (a.name == node || (a.name.is_empty() && v == "create"))
-                && matches!(v, "get" | "create" | "update" | "patch" | "delete")
-        }
         _ => false,
-    }
+    };
+    if allowed { Ok(()) } else { Err(String::new()) }
 }
 
 fn subject_matches(binding: &Value, user: &User) -> bool {
@@ -577,6 +606,27 @@ pub fn admit_pod_status(
             def,
             name,
             &format!("node {node:?} cannot update labels through pod status"),
+        ));
+    }
+    Ok(())
+}
+
+/// NodeRestriction for leases (admission.go `admitLease`), on create, update, patch and
+/// delete by a node, however it was authorized: only kube-node-lease, only its own lease
+/// (on create the name comes from the object).
+pub fn admit_lease(def: &ResourceDef, node: &str, ns: &str, name: &str) -> Result<(), ApiError> {
+    if ns != NODE_LEASE_NS {
+        return Err(admission_forbidden(
+            def,
+            name,
+            &format!("can only access leases in the {NODE_LEASE_NS:?} system namespace"),
+        ));
+    }
+    if name != node {
+        return Err(admission_forbidden(
+            def,
+            name,
+            "can only access node lease with the same name as the requesting node",
         ));
     }
     Ok(())

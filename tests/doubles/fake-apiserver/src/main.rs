@@ -2,9 +2,14 @@
 //! the real kubectl (get, cordon, drain), kube-rs clients and the fake kubelet.
 //! Test-only; never shipped.
 
+mod apf;
 mod auth;
+mod controllers;
+mod nodelifecycle;
 mod patch;
+mod replicaset;
 mod resources;
+mod scheduler;
 mod selectors;
 mod server;
 mod store;
@@ -40,8 +45,9 @@ struct Args {
     /// JSON list of objects (or a List with items) created as admin at start.
     #[arg(long)]
     seed: Option<PathBuf>,
-    /// Added latency per request, in milliseconds.
-    #[arg(long, default_value_t = 0)]
+    /// Added latency per request, in milliseconds, spent holding the request's APF seat
+    /// (a loaded server).
+    #[arg(long, env = "FAKE_APISERVER_LATENCY_MS", default_value_t = 0)]
     latency_ms: u64,
     /// Fault mode active from the start: down | forbidden | unavailable.
     #[arg(long)]
@@ -63,6 +69,45 @@ struct Args {
     /// Watch events kept for resuming from a resourceVersion; older ones get 410 Expired.
     #[arg(long, default_value_t = 20_000)]
     watch_history: usize,
+    /// API Priority and Fairness: seats per limited priority level (node-high, system,
+    /// workload-high, workload-low, global-default); beyond them requests get 429 with
+    /// Retry-After. 0 (the default) = unlimited.
+    #[arg(long, env = "FAKE_APISERVER_MAX_INFLIGHT", default_value_t = 0)]
+    max_inflight: usize,
+    /// How long a request waits in its priority level's queue for a seat before the 429
+    /// (upstream queues; 0 rejects at once).
+    #[arg(long, env = "FAKE_APISERVER_APF_QUEUE_WAIT_MS", default_value_t = 0)]
+    apf_queue_wait_ms: u64,
+    /// Put system:masters in global-default instead of the exempt level (upstream always
+    /// exempts it; for tests whose clients run as admin).
+    #[arg(long, env = "FAKE_APISERVER_APF_LIMIT_MASTERS")]
+    apf_limit_masters: bool,
+    /// In-process controllers to run: a comma-separated subset of scheduler, replicaset,
+    /// nodelifecycle, or `all`. Default: none.
+    #[arg(long, env = "FAKE_APISERVER_CONTROLLERS", default_value = "")]
+    controllers: String,
+    /// Period of the controllers' loop, in milliseconds.
+    #[arg(
+        long,
+        env = "FAKE_APISERVER_CONTROLLER_INTERVAL_MS",
+        default_value_t = 200
+    )]
+    controller_interval_ms: u64,
+    /// kube-controller-manager --node-monitor-grace-period, in seconds (default 40 as in
+    /// pkg/controller/nodelifecycle/config/v1alpha1/defaults.go).
+    #[arg(
+        long,
+        env = "FAKE_APISERVER_NODE_MONITOR_GRACE_PERIOD_S",
+        default_value_t = 40.0
+    )]
+    node_monitor_grace_period_s: f64,
+    /// kube-controller-manager --node-startup-grace-period, in seconds.
+    #[arg(
+        long,
+        env = "FAKE_APISERVER_NODE_STARTUP_GRACE_PERIOD_S",
+        default_value_t = 60.0
+    )]
+    node_startup_grace_period_s: f64,
     /// Log every request to stderr.
     #[arg(long)]
     log_requests: bool,
@@ -87,6 +132,23 @@ fn run(args: Args) -> Result<(), String> {
             "--fail-mode must be down|forbidden|unavailable, got {m:?}"
         ));
     }
+    let secs =
+        |s: f64, flag: &str| Duration::try_from_secs_f64(s).map_err(|e| format!("{flag}: {e}"));
+    let mut controllers = controllers::Settings {
+        scheduler: false,
+        replicaset: false,
+        nodelifecycle: false,
+        interval: Duration::from_millis(args.controller_interval_ms.max(1)),
+        monitor_grace: secs(
+            args.node_monitor_grace_period_s,
+            "--node-monitor-grace-period-s",
+        )?,
+        startup_grace: secs(
+            args.node_startup_grace_period_s,
+            "--node-startup-grace-period-s",
+        )?,
+    };
+    controllers.parse_list(&args.controllers)?;
     let tokens = match &args.token_auth_file {
         Some(p) => {
             let text =
@@ -98,6 +160,10 @@ fn run(args: Args) -> Result<(), String> {
     let app = Arc::new(App::new(Config {
         tokens,
         latency: Duration::from_millis(args.latency_ms),
+        max_inflight: args.max_inflight,
+        apf_queue_wait: Duration::from_millis(args.apf_queue_wait_ms),
+        apf_exempt_masters: !args.apf_limit_masters,
+        controllers,
         fault_file: args.fault_file.clone(),
         fail_mode: args.fail_mode.clone(),
         server_version: args.server_version.clone(),
@@ -167,6 +233,22 @@ async fn serve(app: Arc<App>, args: Args) -> Result<(), String> {
         }
     };
     tokio::pin!(shutdown);
+    let settings = app.controllers.lock().map(|c| c.settings.clone());
+    if let Ok(settings) = settings
+        && settings.any()
+    {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(settings.interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let app = app.clone();
+                // The pass holds the state lock; keep it off the async workers.
+                let _ = tokio::task::spawn_blocking(move || app.run_controllers()).await;
+            }
+        });
+    }
     loop {
         let (stream, _) = tokio::select! {
             _ = &mut shutdown => return Ok(()),

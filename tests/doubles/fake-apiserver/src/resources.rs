@@ -45,6 +45,7 @@ pub const PODS: &str = "pods";
 pub const NODES: &str = "nodes";
 pub const NAMESPACES: &str = "namespaces";
 pub const PDBS: &str = "poddisruptionbudgets.policy";
+pub const LEASES: &str = "leases.coordination.k8s.io";
 pub const CLUSTERROLES: &str = "clusterroles.rbac.authorization.k8s.io";
 pub const CLUSTERROLEBINDINGS: &str = "clusterrolebindings.rbac.authorization.k8s.io";
 pub const ROLES: &str = "roles.rbac.authorization.k8s.io";
@@ -87,7 +88,7 @@ pub static RESOURCES: &[ResourceDef] = &[
     r!("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "clusterrolebinding", "ClusterRoleBinding", false, &[], &[], CLUSTERROLEBINDINGS),
     r!("rbac.authorization.k8s.io", "v1", "roles", "role", "Role", true, &[], &[], ROLES),
     r!("rbac.authorization.k8s.io", "v1", "rolebindings", "rolebinding", "RoleBinding", true, &[], &[], ROLEBINDINGS),
-    r!("coordination.k8s.io", "v1", "leases", "lease", "Lease", true, &[], &[], "leases.coordination.k8s.io"),
+    r!("coordination.k8s.io", "v1", "leases", "lease", "Lease", true, &[], &[], LEASES),
 ];
 
 /// Group name, versions (preferred first).

@@ -1,8 +1,10 @@
 //! HTTP routing and the REST verbs.
 
+use crate::apf::{self, Apf, RequestInfo};
 use crate::auth::{self, Attrs, User};
+use crate::controllers::{Controllers, Settings as ControllerSettings};
 use crate::patch;
-use crate::resources::{self, NAMESPACES, NODES, PDBS, PODS, ResourceDef};
+use crate::resources::{self, LEASES, NAMESPACES, NODES, PDBS, PODS, ResourceDef};
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::store::{self, Event, EventType, State, is_terminating, pod_is_ready};
 use crate::table;
@@ -30,6 +32,12 @@ pub type Body = BoxBody<Bytes, BoxError>;
 pub struct Config {
     pub tokens: Option<HashMap<String, User>>,
     pub latency: Duration,
+    /// API Priority and Fairness: seats per limited priority level (0 = unlimited), the
+    /// queue wait before a 429, and whether system:masters is exempt.
+    pub max_inflight: usize,
+    pub apf_queue_wait: Duration,
+    pub apf_exempt_masters: bool,
+    pub controllers: ControllerSettings,
     pub fault_file: Option<PathBuf>,
     pub fail_mode: Option<String>,
     pub server_version: String,
@@ -40,6 +48,9 @@ pub struct App {
     pub state: Mutex<State>,
     pub cfg: Config,
     pub addr: Mutex<String>,
+    pub apf: Apf,
+    /// The in-process controllers (`--controllers`); their loop runs in `main`.
+    pub controllers: Mutex<Controllers>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,10 +75,14 @@ impl App {
             )
             .expect("default namespace");
         }
+        let apf = Apf::new(cfg.max_inflight, cfg.apf_queue_wait, cfg.apf_exempt_masters);
+        let controllers = Mutex::new(Controllers::new(cfg.controllers.clone()));
         App {
             state: Mutex::new(st),
             cfg,
             addr: Mutex::new(String::new()),
+            apf,
+            controllers,
         }
     }
 
@@ -87,6 +102,13 @@ impl App {
 
     pub fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One pass of the enabled controllers (controllers first, then state: the lock order).
+    pub fn run_controllers(&self) {
+        let mut c = self.controllers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = self.lock();
+        c.tick(&mut st, crate::util::unix_now_ms());
     }
 }
 
@@ -132,6 +154,10 @@ enum Reply {
 }
 
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, BoxError> {
+    let (parts, body) = req.into_parts();
+    if let Some(r) = debug_endpoint(&app, &parts) {
+        return Ok(r);
+    }
     match app.fault() {
         Some(Fault::Down) => return Err("fault injected: down".into()),
         Some(Fault::Forbidden) => {
@@ -150,14 +176,33 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bo
         }
         None => {}
     }
+    let body = body.collect().await?.to_bytes();
+    let started = Instant::now();
+    // Filter order of DefaultBuildHandlerChain: authentication, then priority and
+    // fairness, then authorization and the handler.
+    let user = match authenticate(&app, &parts.headers) {
+        Ok(u) => u,
+        Err(e) => {
+            let resp = err_response(&e);
+            log_request(&app, &parts, None, &resp, started);
+            return Ok(resp);
+        }
+    };
+    let info = RequestInfo::parse(parts.method.as_str(), parts.uri.path());
+    let seat = match app.apf.admit(&user, &info).await {
+        Ok(seat) => seat,
+        Err(rejected) => {
+            let resp = too_many_requests(&rejected);
+            log_request(&app, &parts, Some(&user.name), &resp, started);
+            return Ok(resp);
+        }
+    };
+    // The slow mode holds the seat, as a loaded server's slow requests do.
     if !app.cfg.latency.is_zero() {
         tokio::time::sleep(app.cfg.latency).await;
     }
-    let (parts, body) = req.into_parts();
-    let body = body.collect().await?.to_bytes();
-    let started = Instant::now();
-    let (user, result) = process(&app, &parts, &body);
-    let resp = match result {
+    let result = route(&app, &user, &parts, &body);
+    let mut resp = match result {
         Ok(Reply::Json(code, v)) => json_response(code, &v),
         Ok(Reply::Text(t)) => Response::builder()
             .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
@@ -166,17 +211,64 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bo
         Ok(Reply::Watch(w)) => start_watch(app.clone(), *w),
         Err(e) => err_response(&e),
     };
+    for (k, v) in &seat.headers {
+        if let Ok(v) = header::HeaderValue::from_str(v) {
+            resp.headers_mut().insert(*k, v);
+        }
+    }
+    // A watch holds its seat only until it is set up (APF's watch initialization).
+    drop(seat);
+    log_request(&app, &parts, Some(&user.name), &resp, started);
+    Ok(resp)
+}
+
+fn log_request(
+    app: &App,
+    parts: &hyper::http::request::Parts,
+    user: Option<&str>,
+    resp: &Response<Body>,
+    started: Instant,
+) {
     if app.cfg.log_requests {
         eprintln!(
             "{} {} user={} -> {} ({:?})",
             parts.method,
             parts.uri,
-            user.as_deref().unwrap_or("-"),
+            user.unwrap_or("-"),
             resp.status().as_u16(),
             started.elapsed()
         );
     }
-    Ok(resp)
+}
+
+/// The filter's 429: `Retry-After` and `http.Error`'s plain-text body (not a Status).
+fn too_many_requests(r: &apf::Rejected) -> Response<Body> {
+    let mut b = Response::builder()
+        .status(StatusCode::TOO_MANY_REQUESTS)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .header("X-Content-Type-Options", "nosniff")
+        .header(header::RETRY_AFTER, r.retry_after.to_string());
+    for (k, v) in &r.headers {
+        b = b.header(*k, v.as_str());
+    }
+    b.body(full(apf::TOO_MANY)).expect("response")
+}
+
+/// Test-only endpoints outside the API, served before faults and authentication and
+/// never rate-limited: `GET /debug/fake-apiserver/apf[?reset=true]` and
+/// `GET /debug/fake-apiserver/controllers`.
+fn debug_endpoint(app: &App, parts: &hyper::http::request::Parts) -> Option<Response<Body>> {
+    let rest = parts.uri.path().strip_prefix("/debug/fake-apiserver/")?;
+    let query = parse_query(parts.uri.query());
+    let reset = matches!(q(&query, "reset"), Some("true" | "1"));
+    Some(match (rest.trim_end_matches('/'), &parts.method) {
+        ("apf", &Method::GET) => json_response(200, &app.apf.stats(reset)),
+        ("controllers", &Method::GET) => {
+            let c = app.controllers.lock().unwrap_or_else(|e| e.into_inner());
+            json_response(200, &c.stats_json())
+        }
+        _ => err_response(&ApiError::not_found_path()),
+    })
 }
 
 fn authenticate(app: &App, headers: &hyper::HeaderMap) -> Result<User, ApiError> {
@@ -202,19 +294,6 @@ fn q<'a>(query: &'a [(String, String)], k: &str) -> Option<&'a str> {
         .iter()
         .find(|(kk, _)| kk == k)
         .map(|(_, v)| v.as_str())
-}
-
-fn process(
-    app: &App,
-    parts: &hyper::http::request::Parts,
-    body: &Bytes,
-) -> (Option<String>, Result<Reply, ApiError>) {
-    let user = match authenticate(app, &parts.headers) {
-        Ok(u) => u,
-        Err(e) => return (None, Err(e)),
-    };
-    let name = user.name.clone();
-    (Some(name), route(app, &user, parts, body))
 }
 
 fn route(
@@ -720,6 +799,9 @@ pub fn create(
         if def.is(PODS) {
             auth::admit_pod_create(st, def, node, &obj)?;
         }
+        if def.is(LEASES) {
+            auth::admit_lease(def, node, ns, &name)?;
+        }
     }
     if def.is(PODS) {
         let spec = obj
@@ -863,6 +945,9 @@ fn mutate(
         if def.is(PODS) && sub == "status" {
             auth::admit_pod_status(def, node, &old, &new)?;
         }
+        if def.is(LEASES) {
+            auth::admit_lease(def, node, ns, name)?;
+        }
     }
     let no_finalizers = new
         .pointer("/metadata/finalizers")
@@ -964,10 +1049,13 @@ fn delete(
         .get(def.storage, ns, name)
         .cloned()
         .ok_or_else(|| not_found(def, name))?;
-    if let Some(node) = user.node_name()
-        && def.is(PODS)
-    {
-        auth::admit_pod_delete(def, node, &obj)?;
+    if let Some(node) = user.node_name() {
+        if def.is(PODS) {
+            auth::admit_pod_delete(def, node, &obj)?;
+        }
+        if def.is(LEASES) {
+            auth::admit_lease(def, node, ns, name)?;
+        }
     }
     opts.check(def, &obj)?;
     if def.is(PODS) {
@@ -1008,7 +1096,7 @@ fn delete(
 
 /// Graceful pod deletion: bound, non-terminal pods get deletionTimestamp and stay until
 /// deleted again with gracePeriodSeconds=0 (the kubelet's final delete).
-fn delete_pod(st: &mut State, def: &ResourceDef, obj: Value, grace: Option<i64>) -> Value {
+pub fn delete_pod(st: &mut State, def: &ResourceDef, obj: Value, grace: Option<i64>) -> Value {
     let phase = obj
         .pointer("/status/phase")
         .and_then(Value::as_str)

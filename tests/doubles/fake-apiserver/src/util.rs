@@ -13,6 +13,13 @@ pub fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
+pub fn unix_now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 /// RFC3339 (UTC, second precision) like metav1.Time.
 pub fn rfc3339(secs: i64) -> String {
     let days = secs.div_euclid(86_400);

@@ -1198,3 +1198,338 @@ fn watch_too_old_resource_version_is_410() {
     );
     assert_eq!(w.next_kind(), ("MODIFIED".into(), "n1".into()));
 }
+
+const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases";
+
+fn lease(name: &str, renew: &str) -> Value {
+    json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": name, "namespace": "kube-node-lease"},
+        "spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": renew}})
+}
+
+#[test]
+fn node_lease_crud_watch_and_conflicts() {
+    let s = seeded(vec![node("n1")]);
+    let (c, d) = get(&s, "/apis/coordination.k8s.io/v1", ADMIN);
+    assert_eq!(c, 200);
+    let names: Vec<&str> = d["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["leases"]);
+    let mut w = Watch::open(&s, &format!("{LEASES}?watch=1&timeoutSeconds=10"), ADMIN);
+
+    // The kubelet's cycle: create its own lease, then renew it with PUTs carrying the
+    // resourceVersion it last saw.
+    let (c, l) = post(
+        &s,
+        LEASES,
+        NODE1,
+        &lease("n1", "2026-01-01T00:00:00.000000Z"),
+    );
+    assert_eq!(c, 201, "{l}");
+    assert_eq!(w.next_kind(), ("ADDED".into(), "n1".into()));
+    let mut renewed = l.clone();
+    renewed["spec"]["renewTime"] = json!("2026-01-01T00:00:10.000000Z");
+    let (c, l2) = put(&s, &format!("{LEASES}/n1"), NODE1, &renewed);
+    assert_eq!(c, 200, "{l2}");
+    assert!(rv(&l2) > rv(&l));
+    let e = w.next().unwrap();
+    assert_eq!(e["type"], "MODIFIED");
+    assert_eq!(
+        e["object"]["spec"]["renewTime"],
+        "2026-01-01T00:00:10.000000Z"
+    );
+    // A second writer with the stale resourceVersion loses with 409.
+    let (c, e) = put(&s, &format!("{LEASES}/n1"), NODE1, &renewed);
+    assert_eq!(c, 409);
+    assert_eq!(e["reason"], "Conflict");
+    assert_eq!(
+        e["message"],
+        "Operation cannot be fulfilled on leases.coordination.k8s.io \"n1\": the object has been modified; please apply your changes to the latest version and try again"
+    );
+    let (c, l3) = patch(
+        &s,
+        &format!("{LEASES}/n1"),
+        NODE1,
+        MP,
+        &json!({"spec": {"renewTime": "2026-01-01T00:00:20.000000Z"}}),
+    );
+    assert_eq!(c, 200);
+    assert_eq!(l3["spec"]["holderIdentity"], "n1");
+    let (c, g) = get(&s, &format!("{LEASES}/n1"), NODE1);
+    assert_eq!(
+        (c, &g["spec"]["renewTime"]),
+        (200, &json!("2026-01-01T00:00:20.000000Z"))
+    );
+    let (c, list) = get(&s, LEASES, ADMIN);
+    assert_eq!(c, 200);
+    assert_eq!(list["kind"], "LeaseList");
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn node_lease_authorization_as_node_authorizer_and_noderestriction() {
+    let s = seeded(vec![
+        node("n1"),
+        node("n2"),
+        lease("n2", "2026-01-01T00:00:00.000000Z"),
+    ]);
+    let deny = |c: u16, e: &Value, want: &str| {
+        assert_eq!(c, 403, "{e}");
+        assert_eq!(e["message"], want);
+    };
+    // Authorizer: another node's lease, by name.
+    let (c, e) = get(&s, &format!("{LEASES}/n2"), NODE1);
+    deny(
+        c,
+        &e,
+        "leases.coordination.k8s.io \"n2\" is forbidden: User \"system:node:n1\" cannot get resource \"leases\" in API group \"coordination.k8s.io\" in the namespace \"kube-node-lease\": can only access node lease with the same name as the requesting node",
+    );
+    let (c, e) = patch(&s, &format!("{LEASES}/n2"), NODE1, MP, &json!({}));
+    assert_eq!(c, 403, "{e}");
+    // No list or watch for nodes.
+    let (c, e) = get(&s, LEASES, NODE1);
+    deny(
+        c,
+        &e,
+        "leases.coordination.k8s.io is forbidden: User \"system:node:n1\" cannot list resource \"leases\" in API group \"coordination.k8s.io\" in the namespace \"kube-node-lease\": can only get, create, update, patch, or delete a node lease",
+    );
+    let (c, _) = get(&s, &format!("{LEASES}?watch=1"), NODE1);
+    assert_eq!(c, 403);
+    // Only kube-node-lease.
+    let (c, e) = post(
+        &s,
+        "/apis/coordination.k8s.io/v1/namespaces/default/leases",
+        NODE1,
+        &json!({"metadata": {"name": "n1"}}),
+    );
+    assert_eq!(c, 403);
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("can only access leases in the \"kube-node-lease\" system namespace"),
+        "{e}"
+    );
+    // Create passes the authorizer whatever the name; NodeRestriction checks the object.
+    let (c, e) = post(
+        &s,
+        LEASES,
+        NODE1,
+        &lease("n3", "2026-01-01T00:00:00.000000Z"),
+    );
+    deny(
+        c,
+        &e,
+        "leases.coordination.k8s.io \"n3\" is forbidden: can only access node lease with the same name as the requesting node",
+    );
+    // NodeRestriction also holds when RBAC grants the node more.
+    post(
+        &s,
+        "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+        ADMIN,
+        &json!({"metadata": {"name": "lease-admin"},
+            "rules": [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["*"]}]}),
+    );
+    post(
+        &s,
+        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+        ADMIN,
+        &json!({"metadata": {"name": "n1-leases"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "lease-admin"},
+            "subjects": [{"kind": "User", "name": "system:node:n1"}]}),
+    );
+    assert_eq!(get(&s, LEASES, NODE1).0, 200, "RBAC grants list");
+    let (c, e) = delete(&s, &format!("{LEASES}/n2"), NODE1, None);
+    deny(
+        c,
+        &e,
+        "leases.coordination.k8s.io \"n2\" is forbidden: can only access node lease with the same name as the requesting node",
+    );
+    let (c, _) = post(
+        &s,
+        LEASES,
+        NODE1,
+        &lease("n1", "2026-01-01T00:00:00.000000Z"),
+    );
+    assert_eq!(c, 201);
+    assert_eq!(delete(&s, &format!("{LEASES}/n1"), NODE1, None).0, 200);
+
+    // Other identities: RBAC only. The agent's grant: get on leases in kube-node-lease.
+    let (c, e) = get(&s, &format!("{LEASES}/n2"), BOB);
+    deny(
+        c,
+        &e,
+        "leases.coordination.k8s.io \"n2\" is forbidden: User \"bob\" cannot get resource \"leases\" in API group \"coordination.k8s.io\" in the namespace \"kube-node-lease\"",
+    );
+    post(
+        &s,
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/kube-node-lease/roles",
+        ADMIN,
+        &json!({"metadata": {"name": "lease-reader"},
+            "rules": [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get"]}]}),
+    );
+    post(
+        &s,
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/kube-node-lease/rolebindings",
+        ADMIN,
+        &json!({"metadata": {"name": "bob-leases"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "lease-reader"},
+            "subjects": [{"kind": "Group", "name": "devs"}]}),
+    );
+    assert_eq!(get(&s, &format!("{LEASES}/n2"), BOB).0, 200);
+    assert_eq!(get(&s, LEASES, BOB).0, 403);
+    assert_eq!(
+        patch(&s, &format!("{LEASES}/n2"), BOB, MP, &json!({})).0,
+        403
+    );
+}
+
+fn apf_stats(s: &Server) -> Value {
+    let r = request(
+        s,
+        "GET",
+        "/debug/fake-apiserver/apf",
+        None,
+        "application/json",
+        b"",
+    );
+    assert_eq!(r.code, 200);
+    r.json()
+}
+
+fn header<'a>(r: &'a Resp, k: &str) -> Option<&'a str> {
+    r.headers
+        .iter()
+        .find(|(kk, _)| kk == k)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Wait until the priority level has `n` requests in flight.
+fn wait_inflight(s: &Server, level: &str, n: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while apf_stats(s)["priorityLevels"][level]["inflight"] != n {
+        assert!(std::time::Instant::now() < deadline, "never {n} in flight");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn apf_429_with_retry_after_beyond_the_inflight_limit() {
+    let s = start(Opts {
+        seed: Some(json!([node("n1")])),
+        extra: &["--max-inflight", "2", "--latency-ms", "3000"],
+        ..Opts::default()
+    });
+    let st = apf_stats(&s);
+    assert_eq!(
+        (st["maxInflight"].as_u64(), st["rejected"].as_u64()),
+        (Some(2), Some(0))
+    );
+    let bob_nodes = || {
+        request(
+            &s,
+            "GET",
+            "/api/v1/nodes",
+            Some(BOB),
+            "application/json",
+            b"",
+        )
+    };
+    // Two slow requests of bob's (global-default) hold both seats.
+    std::thread::scope(|sc| {
+        let busy: Vec<_> = (0..2).map(|_| sc.spawn(|| bob_nodes().code)).collect();
+        wait_inflight(&s, "global-default", 2);
+        // The third is rejected at once: 429, Retry-After, http.Error's plain text.
+        let r = bob_nodes();
+        assert_eq!(r.code, 429);
+        assert_eq!(header(&r, "retry-after"), Some("1"));
+        assert_eq!(
+            header(&r, "content-type"),
+            Some("text/plain; charset=utf-8")
+        );
+        assert_eq!(header(&r, "x-content-type-options"), Some("nosniff"));
+        assert_eq!(
+            header(&r, "x-kubernetes-pf-prioritylevel-uid"),
+            Some("fake-pl-global-default")
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&r.body),
+            "Too many requests, please try again later.\n"
+        );
+        // Other priority levels keep their own seats: the kubelet's lease (node-high)
+        // and the exempt system:masters are served.
+        let r = request(
+            &s,
+            "GET",
+            "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/n1",
+            Some(NODE1),
+            "application/json",
+            b"",
+        );
+        assert_eq!(r.code, 404, "node-high is not saturated");
+        assert_eq!(
+            header(&r, "x-kubernetes-pf-flowschema-uid"),
+            Some("fake-fs-system-node-high")
+        );
+        assert_eq!(get(&s, "/api/v1/nodes", ADMIN).0, 200);
+        for b in busy {
+            // Served (403: bob may not list nodes; authorization runs after APF).
+            assert_eq!(b.join().unwrap(), 403);
+        }
+    });
+    let st = apf_stats(&s);
+    let gd = &st["priorityLevels"]["global-default"];
+    assert_eq!(gd["rejected"], 1);
+    assert_eq!(gd["peakInflight"], 2);
+    assert_eq!(gd["inflight"], 0);
+    assert_eq!(st["rejected"], 1);
+    // Seats free again.
+    assert_eq!(get(&s, "/api/v1/nodes", BOB).0, 403);
+    // reset=true reports, then zeroes the counters.
+    assert_eq!(
+        request(
+            &s,
+            "GET",
+            "/debug/fake-apiserver/apf?reset=true",
+            None,
+            "application/json",
+            b""
+        )
+        .json()["rejected"],
+        1
+    );
+    assert_eq!(apf_stats(&s)["rejected"], 0);
+}
+
+#[test]
+fn apf_queue_wait_and_masters_not_exempt_on_request() {
+    let s = start(Opts {
+        extra: &[
+            "--max-inflight",
+            "1",
+            "--latency-ms",
+            "1500",
+            "--apf-queue-wait-ms",
+            "20000",
+            "--apf-limit-masters",
+        ],
+        ..Opts::default()
+    });
+    std::thread::scope(|sc| {
+        let first = sc.spawn(|| get(&s, "/api/v1/nodes", ADMIN).0);
+        wait_inflight(&s, "global-default", 1);
+        // Queued until the first frees its seat, then served.
+        assert_eq!(get(&s, "/api/v1/nodes", ADMIN).0, 200);
+        assert_eq!(first.join().unwrap(), 200);
+    });
+    let gd = &apf_stats(&s)["priorityLevels"]["global-default"];
+    assert_eq!(
+        (gd["served"].as_u64(), gd["rejected"].as_u64()),
+        (Some(2), Some(0))
+    );
+    assert_eq!(gd["peakInflight"], 1);
+}
