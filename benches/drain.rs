@@ -15,12 +15,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{ApiServer, api};
-use kubelet_resource_wrapper::drain::{self, DrainOptions};
+use kubelet_resource_wrapper::drain::{self, DrainOptions, Politeness};
+use prometheus_client::metrics::counter::Counter;
 use serde_json::json;
 
 const NODE: &str = "bench-node";
 const PODS: usize = 100;
 const ROUNDS: usize = 3;
+/// The agent's default `--drain-max-in-flight`.
+const MAX_IN_FLIGHT: usize = 8;
 
 /// A double built in this (release) profile, building it first if needed.
 fn double(name: &str, package: &str) -> PathBuf {
@@ -170,7 +173,7 @@ fn pods_left(port: u16) -> usize {
     list["items"].as_array().map_or(0, Vec::len)
 }
 
-fn drain_with_agent(server: &Server) -> f64 {
+fn drain_with_agent(server: &Server, throttled: &Counter) -> f64 {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -182,10 +185,15 @@ fn drain_with_agent(server: &Server) -> f64 {
             skip_emptydir: false,
             skip_unmanaged: false,
         };
+        let politeness = Politeness {
+            max_in_flight: MAX_IN_FLIGHT,
+            throttled: throttled.clone(),
+        };
         drain::drain(
             &client,
             NODE,
             opts,
+            &politeness,
             Instant::now() + Duration::from_secs(120),
         )
         .await
@@ -236,11 +244,12 @@ fn main() {
     let stop = Arc::new(AtomicBool::new(false));
     let kubelet = emulated_kubelet(server.port, stop.clone());
     let (mut agent, mut kubectl_times) = (Vec::new(), Vec::new());
+    let throttled = Counter::default();
     for round in 0..ROUNDS {
         for who in ["agent", "kubectl"] {
             populate(server.port);
             let took = if who == "agent" {
-                drain_with_agent(&server)
+                drain_with_agent(&server, &throttled)
             } else {
                 drain_with_kubectl(&server)
             };

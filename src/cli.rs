@@ -163,6 +163,13 @@ pub struct RunArgs {
     /// On task kill, leave pods no controller manages (kubectl drain without --force).
     #[arg(long, env = "KRW_DRAIN_SKIP_UNMANAGED")]
     pub drain_skip_unmanaged: bool,
+    /// What happens at the end of the drain budget to pods still on the node (PodDisruptionBudget-guarded ones included):
+    /// `force` restarts kubelet with zero allocatable and --max-pods=0 so it kills them (1 s grace), `leave` leaves them running.
+    #[arg(long, env = "KRW_DRAIN_AT_DEADLINE", value_enum, default_value_t = DrainAtDeadline::Force)]
+    pub drain_at_deadline: DrainAtDeadline,
+    /// Most eviction requests in flight at once during a drain (API server politeness when many nodes drain together).
+    #[arg(long, env = "KRW_DRAIN_MAX_IN_FLIGHT", value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub drain_max_in_flight: u32,
     /// Host-wide lock; a second `run` on the host exits 73. `<PATH>.run` is held by `run` for its lifetime.
     #[arg(
         long,
@@ -195,6 +202,15 @@ pub struct RunArgs {
     /// How long kubelet gets to exit after SIGTERM before SIGKILL.
     #[arg(long, env = "KRW_STOP_TIMEOUT", value_name = "SECONDS", default_value = "3", value_parser = parse_seconds)]
     pub stop_timeout: Duration,
+}
+
+/// The drain policy for pods still on the node when the drain budget ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DrainAtDeadline {
+    /// Apply zero allocatable and zero pods: kubelet rejects and kills what is left, past its PodDisruptionBudget.
+    Force,
+    /// Leave what is left running (on resources Mesos re-offers) and report it.
+    Leave,
 }
 
 /// Parses a non-negative, finite number of seconds (fractions allowed).

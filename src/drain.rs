@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,8 +18,9 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher;
 use kube::{Client, Config};
+use prometheus_client::metrics::counter::Counter;
 use serde_json::json;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::quantity;
 use crate::reservation::Resources;
@@ -45,30 +47,38 @@ pub enum ApiError {
         /// What went wrong.
         problem: String,
     },
+    /// 429 from API Priority and Fairness until the deadline.
+    #[error("Kubernetes API throttled the agent (429) until the deadline: {0}")]
+    Throttled(String),
     /// Anything else the API answered.
     #[error("Kubernetes API error: {0}")]
     Other(String),
 }
 
-fn classify(e: &kube::Error) -> ApiError {
+impl ApiError {
+    /// Whether the API answered (as opposed to a refused connection, a timeout or a bad
+    /// kubeconfig).
+    pub fn answered(&self) -> bool {
+        matches!(
+            self,
+            ApiError::Forbidden(_) | ApiError::Throttled(_) | ApiError::Other(_)
+        )
+    }
+}
+
+/// Maps a kube error to why the API cannot be used.
+pub fn classify(e: &kube::Error) -> ApiError {
     match e {
         kube::Error::Api(status) if status.code == 401 || status.code == 403 => {
             ApiError::Forbidden(status.message.clone())
         }
         kube::Error::Api(status) if status.code >= 500 => {
-            ApiError::Unreachable(format!("HTTP {}: {}", status.code, status.message))
+            ApiError::Other(format!("HTTP {}: {}", status.code, status.message))
         }
         kube::Error::Api(status) => {
             ApiError::Other(format!("HTTP {}: {}", status.code, status.message))
         }
         other => ApiError::Unreachable(other.to_string()),
-    }
-}
-
-fn status_code(e: &kube::Error) -> Option<u16> {
-    match e {
-        kube::Error::Api(status) => Some(status.code),
-        _ => None,
     }
 }
 
@@ -83,7 +93,31 @@ pub async fn connect(kubeconfig: &Path) -> Result<Client, ApiError> {
         .await
         .map_err(|e| bad(e.to_string()))?;
     config.connect_timeout = Some(Duration::from_secs(2));
-    Client::try_from(config).map_err(|e| bad(e.to_string()))
+    // kube's default retry layer would absorb 429/503/504 (up to 15 retries): the agent owns
+    // its retries, honours Retry-After itself and must see every PodDisruptionBudget refusal.
+    config.default_retry = false;
+    let builder = kube::client::ClientBuilder::try_from(config).map_err(|e| bad(e.to_string()))?;
+    Ok(builder
+        .with_layer(&tower::util::MapResponseLayer::new(note_retry_after))
+        .build())
+}
+
+/// The last `Retry-After` (seconds) the API server sent with a 429; API Priority and Fairness
+/// answers `text/plain`, so the Status kube builds from it carries no `retryAfterSeconds`.
+/// The agent talks to one API server, so one process-wide value is enough.
+static LAST_RETRY_AFTER: AtomicU64 = AtomicU64::new(0);
+
+fn note_retry_after<B>(response: http::Response<B>) -> http::Response<B> {
+    if response.status() == http::StatusCode::TOO_MANY_REQUESTS {
+        let seconds = response
+            .headers()
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        LAST_RETRY_AFTER.store(seconds, Ordering::Relaxed);
+    }
+    response
 }
 
 /// Runs `future` but gives up at `deadline` (an API call must never outlive the drain budget).
@@ -100,6 +134,63 @@ async fn bounded<T>(
     }
 }
 
+/// How long a 429 asks the client to wait: the Status' `retryAfterSeconds`, else the
+/// `Retry-After` header just seen, else 1 s.
+fn retry_after(status: &kube::core::Status) -> Duration {
+    let header = LAST_RETRY_AFTER.swap(0, Ordering::Relaxed);
+    match status.details.as_ref().map(|d| d.retry_after_seconds) {
+        Some(s) if s > 0 => Duration::from_secs(u64::from(s)),
+        _ if header > 0 => Duration::from_secs(header),
+        _ => Duration::from_secs(1),
+    }
+}
+
+/// Whether a 429 is a PodDisruptionBudget refusal (cause `DisruptionBudget`, as the eviction
+/// REST handler sets it) rather than API Priority and Fairness throttling.
+fn is_pdb_refusal(status: &kube::core::Status) -> bool {
+    status
+        .details
+        .as_ref()
+        .is_some_and(|d| d.causes.iter().any(|c| c.reason == "DisruptionBudget"))
+        || status.message.contains("disruption budget")
+}
+
+/// Runs an API call until `deadline`, waiting out 429s for their Retry-After (counted in
+/// `throttled`). Other errors return at once.
+pub async fn polite<T, Fut>(
+    deadline: Instant,
+    throttled: &Counter,
+    mut call: impl FnMut() -> Fut,
+) -> Result<T, ApiError>
+where
+    Fut: std::future::Future<Output = Result<T, kube::Error>>,
+{
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(remaining, call()).await {
+            Err(_) => {
+                return Err(ApiError::Unreachable(
+                    "no answer before the deadline".into(),
+                ));
+            }
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(kube::Error::Api(status))) if status.code == 429 => {
+                throttled.inc();
+                let wait = retry_after(&status);
+                if Instant::now() + wait >= deadline {
+                    return Err(ApiError::Throttled(status.message.clone()));
+                }
+                tracing::debug!(
+                    retry_after_seconds = wait.as_secs(),
+                    "API throttled the agent; waiting"
+                );
+                tokio::time::sleep(wait).await;
+            }
+            Ok(Err(e)) => return Err(classify(&e)),
+        }
+    }
+}
+
 /// What cordoning found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cordon {
@@ -113,9 +204,14 @@ pub enum Cordon {
 
 /// Cordons `node` (strategic merge patch of `spec.unschedulable`, like `kubectl cordon`) and
 /// marks it with [`CORDON_ANNOTATION`] unless an operator had cordoned it already.
-pub async fn cordon(client: &Client, node: &str, deadline: Instant) -> Result<Cordon, ApiError> {
+pub async fn cordon(
+    client: &Client,
+    node: &str,
+    deadline: Instant,
+    throttled: &Counter,
+) -> Result<Cordon, ApiError> {
     let nodes: Api<Node> = Api::all(client.clone());
-    let current = bounded(deadline, nodes.get(node)).await?;
+    let current = polite(deadline, throttled, || nodes.get(node)).await?;
     let unschedulable = current
         .spec
         .as_ref()
@@ -136,11 +232,8 @@ pub async fn cordon(client: &Client, node: &str, deadline: Instant) -> Result<Co
         "metadata": {"annotations": {CORDON_ANNOTATION: now}},
         "spec": {"unschedulable": true}
     });
-    bounded(
-        deadline,
-        nodes.patch(node, &PatchParams::default(), &Patch::Strategic(&patch)),
-    )
-    .await?;
+    let (params, patch) = (PatchParams::default(), Patch::Strategic(&patch));
+    polite(deadline, throttled, || nodes.patch(node, &params, &patch)).await?;
     Ok(outcome)
 }
 
@@ -194,6 +287,15 @@ pub struct DrainOptions {
     pub skip_emptydir: bool,
     /// Leave pods no controller manages (kubectl without `--force`).
     pub skip_unmanaged: bool,
+}
+
+/// How politely a drain talks to the API server.
+#[derive(Debug, Clone)]
+pub struct Politeness {
+    /// Most eviction requests in flight at once.
+    pub max_in_flight: usize,
+    /// Counts every 429 received.
+    pub throttled: Counter,
 }
 
 /// The drain's decision for one pod.
@@ -320,47 +422,110 @@ async fn watch_presence(api: Api<Pod>, node: String, presence: Arc<Presence>) {
     }
 }
 
+/// Why an eviction request did not go through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Refusal {
+    /// The HTTP status, if the API answered.
+    code: Option<u16>,
+    /// The Status (or transport) message.
+    message: String,
+    /// `Retry-After` (header, else the Status' `retryAfterSeconds`).
+    retry_after: Option<Duration>,
+    /// A 429 that names a PodDisruptionBudget.
+    pdb: bool,
+    /// A 404 without a pod name: the server lacks this eviction version.
+    subresource_missing: bool,
+}
+
+impl Refusal {
+    fn transport(e: impl std::fmt::Display) -> Refusal {
+        Refusal {
+            code: None,
+            message: e.to_string(),
+            retry_after: None,
+            pdb: false,
+            subresource_missing: false,
+        }
+    }
+}
+
+/// Posts one Eviction of `version` through kube's client without its retry layer, reading the
+/// `Retry-After` header itself.
+async fn post_eviction_as(
+    client: &Client,
+    version: &str,
+    namespace: &str,
+    name: &str,
+    grace_seconds: i64,
+) -> Result<(), Refusal> {
+    use http_body_util::BodyExt;
+    let body = json!({
+        "apiVersion": version,
+        "kind": "Eviction",
+        "metadata": {"name": name, "namespace": namespace},
+        "deleteOptions": {"gracePeriodSeconds": grace_seconds}
+    });
+    let data = serde_json::to_vec(&body).map_err(Refusal::transport)?;
+    let request = http::Request::post(format!(
+        "/api/v1/namespaces/{namespace}/pods/{name}/eviction"
+    ))
+    .header(http::header::CONTENT_TYPE, "application/json")
+    .body(kube::client::Body::from(data))
+    .map_err(Refusal::transport)?;
+    let response = client.send(request).await.map_err(Refusal::transport)?;
+    let code = response.status().as_u16();
+    if response.status().is_success() {
+        return Ok(());
+    }
+    let header_wait = response
+        .headers()
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let status: Option<kube::core::Status> = serde_json::from_slice(&bytes).ok();
+    let details_wait = status
+        .as_ref()
+        .and_then(|s| s.details.as_ref())
+        .map(|d| d.retry_after_seconds)
+        .filter(|s| *s > 0)
+        .map(|s| Duration::from_secs(u64::from(s)));
+    Err(Refusal {
+        code: Some(code),
+        message: status
+            .as_ref()
+            .map(|s| s.message.clone())
+            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).trim().to_string()),
+        retry_after: header_wait.or(details_wait),
+        pdb: code == 429 && status.as_ref().is_some_and(is_pdb_refusal),
+        // A missing *pod* is a 404 naming it; a server without this eviction version answers
+        // 404 without naming the pod.
+        subresource_missing: code == 404
+            && status
+                .as_ref()
+                .and_then(|s| s.details.as_ref())
+                .is_none_or(|d| d.name.is_empty()),
+    })
+}
+
 /// Posts one policy/v1 Eviction (falling back to policy/v1beta1 on 404 of the subresource).
 async fn post_eviction(
     client: &Client,
     namespace: &str,
     name: &str,
     grace_seconds: i64,
-) -> Result<(), kube::Error> {
-    let body = |version: &str| {
-        json!({
-            "apiVersion": version,
-            "kind": "Eviction",
-            "metadata": {"name": name, "namespace": namespace},
-            "deleteOptions": {"gracePeriodSeconds": grace_seconds}
-        })
-    };
-    let url = format!("/api/v1/namespaces/{namespace}/pods/{name}/eviction");
-    let build = |version: &str| -> Result<http::Request<Vec<u8>>, kube::Error> {
-        let data = serde_json::to_vec(&body(version)).map_err(kube::Error::SerdeError)?;
-        http::Request::post(&url)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(data)
-            .map_err(kube::Error::HttpError)
-    };
-    match client
-        .request::<serde_json::Value>(build("policy/v1")?)
-        .await
-    {
-        Err(e) if status_code(&e) == Some(404) && is_subresource_missing(&e) => client
-            .request::<serde_json::Value>(build("policy/v1beta1")?)
-            .await
-            .map(|_| ()),
-        other => other.map(|_| ()),
-    }
-}
-
-fn is_subresource_missing(e: &kube::Error) -> bool {
-    // A missing *pod* is a 404 with details.kind "pods"; a server without policy/v1 eviction
-    // answers 404 without naming the pod.
-    match e {
-        kube::Error::Api(status) => status.details.as_ref().is_none_or(|d| d.name.is_empty()),
-        _ => false,
+) -> Result<(), Refusal> {
+    match post_eviction_as(client, "policy/v1", namespace, name, grace_seconds).await {
+        Err(r) if r.subresource_missing => {
+            post_eviction_as(client, "policy/v1beta1", namespace, name, grace_seconds).await
+        }
+        other => other,
     }
 }
 
@@ -371,15 +536,27 @@ enum Evicted {
     Failed(String),
 }
 
-/// Evicts one pod, retrying PDB refusals (429) with a short backoff that is cut short whenever
-/// a pod leaves the node (which is when a budget frees up).
-async fn evict_one(
-    client: &Client,
-    pod: &Pod,
+/// The grace period to ask for: the pod's own, capped to what is left before `deadline` less a
+/// second, and never 0 (a grace of 0 force-deletes the object while its containers still run).
+pub fn eviction_grace(pod_grace: Option<i64>, remaining: Duration) -> i64 {
+    let left = i64::try_from(remaining.as_secs()).unwrap_or(i64::MAX) - 1;
+    pod_grace.unwrap_or(30).min(left).max(1)
+}
+
+/// Shared by the evictions of one drain.
+struct EvictionCtx<'a> {
+    client: &'a Client,
     deadline: Instant,
-    presence: &Presence,
-    refusals: &Mutex<u64>,
-) -> Evicted {
+    presence: &'a Presence,
+    refusals: &'a Mutex<u64>,
+    in_flight: &'a Semaphore,
+    throttled: &'a Counter,
+}
+
+/// Evicts one pod. PodDisruptionBudget refusals (429 naming the budget) are retried with a
+/// short backoff cut short whenever a pod leaves the node (which is when a budget frees up);
+/// API Priority and Fairness 429s wait out their Retry-After.
+async fn evict_one(ctx: &EvictionCtx<'_>, pod: &Pod) -> Evicted {
     let namespace = pod
         .metadata
         .namespace
@@ -389,44 +566,83 @@ async fn evict_one(
     let mut backoff = Duration::from_millis(100);
     let mut failures = 0;
     loop {
-        let remaining = deadline.saturating_duration_since(Instant::now());
+        let remaining = ctx.deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             return Evicted::BlockedUntilDeadline;
         }
-        // Pods may not outlive the window: cap their grace period to what is left of it.
-        let pod_grace = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.termination_grace_period_seconds)
-            .unwrap_or(30);
-        let grace = pod_grace.min((remaining.as_secs() as i64 - 1).max(0));
-        let attempt =
-            tokio::time::timeout(remaining, post_eviction(client, &namespace, &name, grace)).await;
-        match attempt {
+        let grace = eviction_grace(
+            pod.spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds),
+            remaining,
+        );
+        let attempt = tokio::time::timeout(remaining, async {
+            let _permit = ctx.in_flight.acquire().await;
+            post_eviction(ctx.client, &namespace, &name, grace).await
+        })
+        .await;
+        let refusal = match attempt {
             Err(_) => return Evicted::BlockedUntilDeadline,
             Ok(Ok(())) => return Evicted::Accepted,
-            Ok(Err(e)) => match status_code(&e) {
-                Some(404) => return Evicted::Gone,
-                Some(429) => {
-                    *refusals.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-                    tracing::debug!(pod = %format!("{namespace}/{name}"), "eviction refused by a PodDisruptionBudget; retrying");
-                    let changed = presence.changed.notified();
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = changed => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+            Ok(Err(r)) => r,
+        };
+        let wait = match refusal.code {
+            Some(404) => return Evicted::Gone,
+            Some(429) if refusal.pdb => {
+                ctx.throttled.inc();
+                *ctx.refusals.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+                tracing::debug!(pod = %format!("{namespace}/{name}"), "eviction refused by a PodDisruptionBudget; retrying");
+                let changed = ctx.presence.changed.notified();
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = changed => {}
                 }
-                _ => {
-                    failures += 1;
-                    if failures >= 5 {
-                        return Evicted::Failed(e.to_string());
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+            Some(429) => {
+                ctx.throttled.inc();
+                refusal.retry_after.unwrap_or(Duration::from_secs(1))
+            }
+            _ => {
+                failures += 1;
+                if failures >= 5 {
+                    return Evicted::Failed(match refusal.code {
+                        Some(code) => format!("HTTP {code}: {}", refusal.message),
+                        None => refusal.message,
+                    });
                 }
-            },
-        }
+                Duration::from_millis(200)
+            }
+        };
+        tokio::time::sleep(wait.min(remaining)).await;
     }
+}
+
+fn node_selector(node: &str) -> ListParams {
+    ListParams::default().fields(&format!("spec.nodeName={node}"))
+}
+
+/// Lists the pods bound to `node` (waiting out 429s until `deadline`).
+pub async fn pods_on_node(
+    client: &Client,
+    node: &str,
+    deadline: Instant,
+    throttled: &Counter,
+) -> Result<Vec<Pod>, ApiError> {
+    let pods_api: Api<Pod> = Api::all(client.clone());
+    let params = node_selector(node);
+    Ok(polite(deadline, throttled, || pods_api.list(&params))
+        .await?
+        .items)
+}
+
+/// Whether a pod still runs or may still run (its phase is not Succeeded or Failed).
+pub fn is_active(pod: &Pod) -> bool {
+    !matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
 }
 
 /// Cordons the node and evicts its pods in parallel; returns when every evictable pod is gone
@@ -435,23 +651,16 @@ pub async fn drain(
     client: &Client,
     node: &str,
     opts: DrainOptions,
+    politeness: &Politeness,
     deadline: Instant,
 ) -> Result<DrainReport, ApiError> {
-    let cordoned = cordon(client, node, deadline).await?;
+    let throttled = &politeness.throttled;
+    let cordoned = cordon(client, node, deadline, throttled).await?;
     tracing::info!(node, cordon = ?cordoned, "node cordoned");
     let pods_api: Api<Pod> = Api::all(client.clone());
-    let list = bounded(
-        deadline,
-        pods_api.list(&ListParams::default().fields(&format!("spec.nodeName={node}"))),
-    )
-    .await?;
+    let list = pods_on_node(client, node, deadline, throttled).await?;
     let presence = Arc::new(Presence::default());
-    presence.replace(
-        list.items
-            .iter()
-            .filter_map(|p| p.metadata.uid.clone())
-            .collect(),
-    );
+    presence.replace(list.iter().filter_map(|p| p.metadata.uid.clone()).collect());
     let watch = tokio::spawn(watch_presence(
         pods_api.clone(),
         node.to_string(),
@@ -464,7 +673,7 @@ pub async fn drain(
     };
     let mut skipped: BTreeMap<String, (String, &'static str)> = BTreeMap::new();
     let mut targets: Vec<&Pod> = Vec::new();
-    for pod in &list.items {
+    for pod in &list {
         match classify_pod(pod, opts) {
             PodAction::Evict | PodAction::Wait => targets.push(pod),
             PodAction::Skip(why) => {
@@ -476,20 +685,29 @@ pub async fn drain(
         }
     }
     let refusals = Mutex::new(0u64);
+    let in_flight = Semaphore::new(politeness.max_in_flight.max(1));
+    let ctx = EvictionCtx {
+        client,
+        deadline,
+        presence: &presence,
+        refusals: &refusals,
+        in_flight: &in_flight,
+        throttled,
+    };
     let outcomes = join_all(targets.iter().map(|pod| {
-        let (presence, refusals) = (&presence, &refusals);
+        let ctx = &ctx;
         async move {
             let result = if pod.metadata.deletion_timestamp.is_some() {
                 Evicted::Accepted
             } else {
-                evict_one(client, pod, deadline, presence, refusals).await
+                evict_one(ctx, pod).await
             };
             // Wait until the pod object is gone (kubelet terminated it and deleted it).
             let uid = pod.metadata.uid.clone().unwrap_or_default();
             if matches!(result, Evicted::Accepted) {
                 loop {
-                    let changed = presence.changed.notified();
-                    if presence.contains(&uid) == Some(false) || Instant::now() >= deadline {
+                    let changed = ctx.presence.changed.notified();
+                    if ctx.presence.contains(&uid) == Some(false) || Instant::now() >= deadline {
                         break;
                     }
                     tokio::select! {
@@ -507,20 +725,16 @@ pub async fn drain(
     watch.abort();
     report.pdb_refusals = *refusals.lock().unwrap_or_else(|p| p.into_inner());
     // Final truth from the API when it answers; else from the watch.
-    let still: Option<HashSet<String>> = match bounded(
-        deadline + Duration::from_secs(1),
-        pods_api.list(&ListParams::default().fields(&format!("spec.nodeName={node}"))),
-    )
-    .await
-    {
-        Ok(l) => Some(
-            l.items
-                .iter()
-                .filter_map(|p| p.metadata.uid.clone())
-                .collect(),
-        ),
-        Err(_) => None,
-    };
+    let still: Option<HashSet<String>> =
+        match pods_on_node(client, node, deadline + Duration::from_secs(1), throttled).await {
+            Ok(l) => Some(
+                l.iter()
+                    .filter(|p| is_active(p))
+                    .filter_map(|p| p.metadata.uid.clone())
+                    .collect(),
+            ),
+            Err(_) => None,
+        };
     let present = |uid: &str| match &still {
         Some(set) => set.contains(uid),
         None => presence.contains(uid).unwrap_or(true),
@@ -548,20 +762,15 @@ pub async fn drain(
 /// What the API says about the node, for health and the lease check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeView {
-    /// `Ok` when Ready=True with a recent heartbeat, else why not.
+    /// `Ok` for Ready=True, else the status and reason. Never judged by `lastHeartbeatTime`:
+    /// kubelet posts status only on change or every `nodeStatusReportFrequency` (5 min).
     pub ready: Result<(), String>,
     /// The node's reported allocatable CPU/memory, if present.
     pub allocatable: Option<Resources>,
-    /// The Ready condition's last heartbeat, if any.
-    pub heartbeat: Option<k8s_openapi::jiff::Timestamp>,
 }
 
 /// Reads the Ready condition and allocatable from a Node object.
-pub fn node_view(
-    node: &Node,
-    now: k8s_openapi::jiff::Timestamp,
-    stale_after: Duration,
-) -> NodeView {
+pub fn node_view(node: &Node) -> NodeView {
     let status = node.status.as_ref();
     let ready = status
         .and_then(|s| s.conditions.as_ref())
@@ -573,18 +782,7 @@ pub fn node_view(
             c.status,
             c.reason.as_deref().unwrap_or("no reason")
         )),
-        Some(c) => match &c.last_heartbeat_time {
-            Some(t) => {
-                let age = now.duration_since(t.0);
-                let age = Duration::try_from(age).unwrap_or(Duration::ZERO);
-                if age > stale_after {
-                    Err(format!("last heartbeat {}s ago", age.as_secs()))
-                } else {
-                    Ok(())
-                }
-            }
-            None => Ok(()),
-        },
+        Some(_) => Ok(()),
     };
     let allocatable = status.and_then(|s| s.allocatable.as_ref()).and_then(|a| {
         let cpu = quantity::parse_cpu_millicores(&a.get("cpu")?.0).ok()?;
@@ -594,16 +792,7 @@ pub fn node_view(
             memory_bytes: memory,
         })
     });
-    let heartbeat = status
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
-        .and_then(|c| c.last_heartbeat_time.as_ref())
-        .map(|t| t.0);
-    NodeView {
-        ready,
-        allocatable,
-        heartbeat,
-    }
+    NodeView { ready, allocatable }
 }
 
 /// Reads the node (bounded by `timeout`).
@@ -697,17 +886,18 @@ mod tests {
     }
 
     #[test]
-    fn node_view_reads_ready_heartbeat_and_allocatable() {
-        let now: k8s_openapi::jiff::Timestamp = "2026-01-01T00:01:00Z".parse().expect("ts");
+    fn node_view_reads_ready_and_allocatable_never_the_heartbeat() {
+        // A heartbeat from hours ago: kubelet posts status only every 5 min or on change, so
+        // its age says nothing about liveness.
         let node: Node = serde_json::from_value(json!({
             "metadata": {"name": "n"},
             "status": {
                 "allocatable": {"cpu": "1500m", "memory": "4294967296"},
-                "conditions": [{"type": "Ready", "status": "True", "lastHeartbeatTime": "2026-01-01T00:00:50Z"}]
+                "conditions": [{"type": "Ready", "status": "True", "lastHeartbeatTime": "2020-01-01T00:00:50Z"}]
             }
         }))
         .expect("node");
-        let view = node_view(&node, now, Duration::from_secs(60));
+        let view = node_view(&node);
         assert_eq!(view.ready, Ok(()));
         assert_eq!(
             view.allocatable,
@@ -716,20 +906,24 @@ mod tests {
                 memory_bytes: 4 << 30
             })
         );
-        let late: k8s_openapi::jiff::Timestamp = "2026-01-01T00:05:00Z".parse().expect("ts");
-        assert!(
-            node_view(&node, late, Duration::from_secs(60))
-                .ready
-                .is_err()
-        );
         let not_ready: Node = serde_json::from_value(json!({
             "metadata": {"name": "n"},
             "status": {"conditions": [{"type": "Ready", "status": "False", "reason": "KubeletNotReady"}]}
         }))
         .expect("node");
         assert_eq!(
-            node_view(&not_ready, now, Duration::from_secs(60)).ready,
+            node_view(&not_ready).ready,
             Err("Ready=False (KubeletNotReady)".into())
         );
+    }
+
+    #[test]
+    fn grace_is_capped_and_never_zero() {
+        assert_eq!(eviction_grace(Some(30), Duration::from_secs(100)), 30);
+        assert_eq!(eviction_grace(None, Duration::from_secs(100)), 30);
+        assert_eq!(eviction_grace(Some(30), Duration::from_secs(10)), 9);
+        assert_eq!(eviction_grace(Some(30), Duration::from_millis(1500)), 1);
+        assert_eq!(eviction_grace(Some(30), Duration::ZERO), 1);
+        assert_eq!(eviction_grace(Some(0), Duration::from_secs(100)), 1);
     }
 }

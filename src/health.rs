@@ -1,6 +1,15 @@
-//! The agent's health verdict (DESIGN §5). Kubelet's own 10248 healthz is a bare ping that says
-//! `ok` even while kubelet is about to exit, so the verdict also weighs what only the agent
-//! knows: its phase, whether a kubelet process runs and for how long, its recent exits, and how
+//! The agent's health verdict (DESIGN §5), decided by what a task restart can fix.
+//!
+//! A 503 makes Marathon kill the task, which drains the node. So `/healthz` answers 503 only for
+//! faults that killing and relaunching the task can plausibly fix, or that must not be left
+//! alone: kubelet not running or just restarted, stopped or a zombie, its own healthz not
+//! answering, and kubelet not renewing its node Lease while the API answers. Everything else is
+//! reported in the 200 body, the metrics and the logs without being acted on: the Ready
+//! condition, the API being away, an allocatable mismatch. An API-server outage therefore never
+//! fails every node's check at once. The matrix is in README.md ("Health").
+//!
+//! Kubelet's own 10248 healthz is a bare ping that says `ok` even while kubelet is about to exit,
+//! so the verdict also weighs the agent's phase, kubelet's process state and uptime, and how
 //! fresh the last successful probe is. Requests never wait on kubelet: they read this state.
 
 use std::sync::Mutex;
@@ -28,13 +37,38 @@ pub struct Probe {
     pub result: Result<(), String>,
 }
 
-/// The node's Ready condition as last read from the API (when the agent has API access).
+/// What the agent last learnt about its node from the Kubernetes API (only with API access).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeReadiness {
-    /// When the agent read it.
+pub struct NodeApiView {
+    /// When the reading finished.
     pub at: Instant,
-    /// `Ok(())` when Ready=True with a recent heartbeat, else the reason.
-    pub result: Result<(), String>,
+    /// Whether the API answered at all (any HTTP answer counts; a refused connection or a
+    /// timeout does not).
+    pub reachable: bool,
+    /// The node Lease `kube-node-lease/<node>`.
+    pub lease: LeaseReading,
+    /// The Ready condition: `Ok` for Ready=True, else the status and reason; `None` if unknown.
+    pub ready: Option<Result<(), String>>,
+    /// A one-line description of an allocatable that differs from the lease, if it does.
+    pub allocatable_mismatch: Option<String>,
+}
+
+/// What the node Lease said at the last reading.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseReading {
+    /// `renewTime + leaseDurationSeconds` is still ahead.
+    Current,
+    /// The Lease expired this long ago (`renewTime + leaseDurationSeconds` in the past).
+    Expired {
+        /// How long ago it expired.
+        ago: Duration,
+        /// The Lease's `leaseDurationSeconds`.
+        duration: Duration,
+    },
+    /// The API answered that there is no such Lease.
+    Missing,
+    /// Not known (API away, access refused, malformed Lease).
+    Unknown,
 }
 
 /// Everything the verdict is computed from.
@@ -48,8 +82,8 @@ pub struct HealthState {
     pub last_exit: Option<(Instant, String)>,
     /// The last probe of kubelet's healthz.
     pub last_probe: Option<Probe>,
-    /// The node's readiness, if known.
-    pub node: Option<NodeReadiness>,
+    /// The node as last read from the API, if the agent has API access.
+    pub api: Option<NodeApiView>,
     /// Whether kubelet is stopped (SIGSTOP) or a zombie, per the last process sample.
     pub process_problem: Option<String>,
 }
@@ -62,10 +96,17 @@ pub struct VerdictRules {
     /// Kubelet must have run this long before it counts as healthy: a kubelet that refuses its
     /// reservation answers `ok` briefly and then exits.
     pub min_uptime: Duration,
+    /// An API reading older than this is ignored (the API counts as away).
+    pub api_fresh_for: Duration,
 }
 
-/// The verdict: healthy, or unhealthy with a one-line reason.
-pub type Verdict = Result<(), String>;
+/// Upstream's default `nodeLeaseDurationSeconds` (kubelet config v1beta1 defaults): a freshly
+/// started kubelet gets this long to renew its Lease before an expired Lease counts against it.
+pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(40);
+
+/// The verdict: healthy with the 200 body (`ok`, then any reported conditions), or unhealthy
+/// with a one-line reason.
+pub type Verdict = Result<String, String>;
 
 impl HealthState {
     /// A fresh state in `phase`.
@@ -75,7 +116,7 @@ impl HealthState {
             kubelet: None,
             last_exit: None,
             last_probe: None,
-            node: None,
+            api: None,
             process_problem: None,
         }
     }
@@ -125,13 +166,46 @@ impl HealthState {
                 }
             }
         }
-        if let Some(NodeReadiness {
-            result: Err(why), ..
-        }) = &self.node
-        {
-            return Err(format!("node not ready: {why}"));
+        let Some(api) = &self.api else {
+            return Ok("ok".into());
+        };
+        let api_age = now.saturating_duration_since(api.at);
+        if !api.reachable || api_age > rules.api_fresh_for {
+            // The API being away is never the node's fault: report it, keep the task.
+            return Ok(format!(
+                "ok; Kubernetes API not answering (last reading {:.0}s ago): node Lease and Ready not checked",
+                api_age.as_secs_f64()
+            ));
         }
-        Ok(())
+        let lease_problem = match &api.lease {
+            LeaseReading::Expired { ago, duration } if uptime >= *duration => Some(format!(
+                "expired {:.0}s ago (leaseDurationSeconds {})",
+                ago.as_secs_f64(),
+                duration.as_secs()
+            )),
+            LeaseReading::Missing if uptime >= DEFAULT_LEASE_DURATION => {
+                Some("does not exist".to_string())
+            }
+            _ => None,
+        };
+        if let Some(problem) = lease_problem {
+            return Err(format!(
+                "kubelet pid {pid} is not renewing its node Lease while the API answers: the Lease {problem}"
+            ));
+        }
+        let mut body = String::from("ok");
+        match &api.ready {
+            Some(Err(why)) => body.push_str(&format!("; node not Ready: {why} (reported only)")),
+            None => body.push_str("; node Ready condition unknown"),
+            Some(Ok(())) => {}
+        }
+        if matches!(api.lease, LeaseReading::Unknown) {
+            body.push_str("; node Lease not readable");
+        }
+        if let Some(m) = &api.allocatable_mismatch {
+            body.push_str(&format!("; {m}"));
+        }
+        Ok(body)
     }
 }
 
@@ -178,11 +252,12 @@ mod tests {
     const RULES: VerdictRules = VerdictRules {
         probe_fresh_for: Duration::from_secs(4),
         min_uptime: Duration::from_secs(3),
+        api_fresh_for: Duration::from_secs(30),
     };
 
     fn serving(now: Instant) -> HealthState {
         let mut s = HealthState::new(Phase::Serving);
-        s.kubelet = Some((42, now - Duration::from_secs(10)));
+        s.kubelet = Some((42, now - Duration::from_secs(100)));
         s.last_probe = Some(Probe {
             at: now - Duration::from_secs(1),
             result: Ok(()),
@@ -190,16 +265,33 @@ mod tests {
         s
     }
 
+    fn api(now: Instant, lease: LeaseReading) -> NodeApiView {
+        NodeApiView {
+            at: now,
+            reachable: true,
+            lease,
+            ready: Some(Ok(())),
+            allocatable_mismatch: None,
+        }
+    }
+
     #[test]
     fn healthy_when_running_probed_and_settled() {
         let now = Instant::now();
-        assert_eq!(serving(now).verdict(now, RULES), Ok(()));
+        assert_eq!(serving(now).verdict(now, RULES), Ok("ok".into()));
+        let mut s = serving(now);
+        s.api = Some(api(now, LeaseReading::Current));
+        assert_eq!(s.verdict(now, RULES), Ok("ok".into()));
     }
 
     #[test]
     fn each_reason_for_503() {
         let now = Instant::now();
         type Change = Box<dyn Fn(&mut HealthState)>;
+        let expired = LeaseReading::Expired {
+            ago: Duration::from_secs(5),
+            duration: Duration::from_secs(40),
+        };
         let cases: Vec<(&str, Change)> = vec![
             ("draining", Box::new(|s| s.phase = Phase::Draining)),
             (
@@ -232,7 +324,7 @@ mod tests {
                 "since it started",
                 Box::new(move |s| {
                     s.last_probe = Some(Probe {
-                        at: now - Duration::from_secs(11),
+                        at: now - Duration::from_secs(101),
                         result: Ok(()),
                     })
                 }),
@@ -243,13 +335,12 @@ mod tests {
                 Box::new(|s| s.process_problem = Some("stopped".into())),
             ),
             (
-                "node not ready",
-                Box::new(move |s| {
-                    s.node = Some(NodeReadiness {
-                        at: now,
-                        result: Err("Ready=False".into()),
-                    })
-                }),
+                "not renewing its node Lease",
+                Box::new(move |s| s.api = Some(api(now, expired.clone()))),
+            ),
+            (
+                "Lease does not exist",
+                Box::new(move |s| s.api = Some(api(now, LeaseReading::Missing))),
             ),
         ];
         for (want, change) in cases {
@@ -258,5 +349,75 @@ mod tests {
             let got = s.verdict(now, RULES).expect_err(want);
             assert!(got.contains(want), "{want}: {got}");
         }
+    }
+
+    #[test]
+    fn reported_only_conditions_keep_200() {
+        let now = Instant::now();
+        type Change = Box<dyn Fn(&mut NodeApiView)>;
+        let cases: Vec<(&str, Change)> = vec![
+            (
+                "node not Ready: Ready=False",
+                Box::new(|a| a.ready = Some(Err("Ready=False (KubeletNotReady)".into()))),
+            ),
+            ("Ready condition unknown", Box::new(|a| a.ready = None)),
+            (
+                "API not answering",
+                Box::new(|a| {
+                    a.reachable = false;
+                    a.lease = LeaseReading::Unknown;
+                }),
+            ),
+            (
+                // an expired Lease seen while the API is away does not count
+                "API not answering",
+                Box::new(|a| {
+                    a.reachable = false;
+                    a.lease = LeaseReading::Missing;
+                }),
+            ),
+            (
+                "API not answering",
+                Box::new(move |a| a.at = now - Duration::from_secs(31)),
+            ),
+            (
+                "Lease not readable",
+                Box::new(|a| a.lease = LeaseReading::Unknown),
+            ),
+            (
+                "allocatable differs",
+                Box::new(|a| a.allocatable_mismatch = Some("allocatable differs".into())),
+            ),
+        ];
+        for (want, change) in cases {
+            let mut s = serving(now);
+            let mut view = api(now, LeaseReading::Current);
+            change(&mut view);
+            s.api = Some(view);
+            let body = s.verdict(now, RULES).expect(want);
+            assert!(
+                body.starts_with("ok; ") && body.contains(want),
+                "{want}: {body}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_fresh_kubelet_gets_one_lease_duration_to_renew() {
+        let now = Instant::now();
+        let mut s = serving(now);
+        s.kubelet = Some((42, now - Duration::from_secs(20)));
+        s.api = Some(api(
+            now,
+            LeaseReading::Expired {
+                ago: Duration::from_secs(300),
+                duration: Duration::from_secs(40),
+            },
+        ));
+        assert_eq!(s.verdict(now, RULES), Ok("ok".into()));
+        s.kubelet = Some((42, now - Duration::from_secs(41)));
+        assert!(s.verdict(now, RULES).is_err());
+        s.api = Some(api(now, LeaseReading::Missing));
+        assert!(s.verdict(now, RULES).is_err());
     }
 }

@@ -139,7 +139,7 @@ impl Routes for HealthRoutes {
         let started = Instant::now();
         let verdict = self.health.verdict();
         let (status, body, result) = match verdict {
-            Ok(()) => (StatusCode::OK, "ok\n".to_string(), "ok"),
+            Ok(body) => (StatusCode::OK, format!("{body}\n"), "ok"),
             Err(reason) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("{reason}\n"),

@@ -5,6 +5,7 @@
 //! ([`lease`], [`capacity`], [`reservation`], [`kubelet_args`]); the effects live in their own
 //! modules (process supervision, health endpoint, metrics, host lock, drain, Marathon API).
 
+pub mod agent;
 pub mod backoff;
 pub mod capacity;
 pub mod cli;
@@ -25,6 +26,7 @@ pub mod quantity;
 pub mod report;
 pub mod reservation;
 pub mod runner;
+pub mod serve;
 pub mod setup;
 pub mod spawner;
 pub mod taskkill;

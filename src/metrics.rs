@@ -57,6 +57,8 @@ pub struct Metrics {
     pub evictions: Family<OutcomeLabel, Counter>,
     /// 1 when the node's reported allocatable differs from the lease (capacity detection mismatch).
     pub allocatable_mismatch: Gauge,
+    /// Node liveness and drain outcomes (health matrix, task kill); see [`NodeMetrics`].
+    pub node: NodeMetrics,
 }
 
 fn gauge_u64(registry: &mut Registry, name: &str, help: &str, value: u64) {
@@ -140,6 +142,7 @@ impl Metrics {
             drain_seconds: Gauge::default(),
             evictions: Family::default(),
             allocatable_mismatch: Gauge::default(),
+            node: NodeMetrics::default(),
             registry,
         };
         m.allocatable_cpu
@@ -216,6 +219,7 @@ impl Metrics {
             "1 when the node's reported allocatable differs from the lease",
             self.allocatable_mismatch.clone(),
         );
+        self.node.register(reg);
         self
     }
 
@@ -226,5 +230,58 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+/// Node liveness and drain outcomes. Every series exists from start at 0.
+#[derive(Debug, Default)]
+pub struct NodeMetrics {
+    /// 1 when the API answers and the kubelet's Lease `renewTime + leaseDurationSeconds` is in
+    /// the past; 0 otherwise, including when unknown.
+    pub lease_expired: Gauge,
+    /// 1 when the node's Ready condition is True (reported only, never a 503).
+    pub ready: Gauge,
+    /// 1 when the last API reading got an answer.
+    pub api_reachable: Gauge,
+    /// Pods still on the node at the end of the last drain or exit.
+    pub left_behind_pods: Gauge,
+    /// Pods forced past their PodDisruptionBudget at the end of the drain budget.
+    pub forced_pods: Counter,
+    /// HTTP 429 answers received from the API server.
+    pub api_throttled: Counter,
+}
+
+impl NodeMetrics {
+    fn register(&self, reg: &mut Registry) {
+        reg.register(
+            "node_lease_expired",
+            "1 when the API answers and the kubelet's node Lease has expired",
+            self.lease_expired.clone(),
+        );
+        reg.register(
+            "node_ready",
+            "1 when the node's Ready condition is True (reported only)",
+            self.ready.clone(),
+        );
+        reg.register(
+            "api_reachable",
+            "1 when the last Kubernetes API reading got an answer",
+            self.api_reachable.clone(),
+        );
+        reg.register(
+            "drain_left_behind_pods",
+            "Pods still on the node at the end of the last drain or exit",
+            self.left_behind_pods.clone(),
+        );
+        reg.register(
+            "drain_forced_pods",
+            "Pods forced past their PodDisruptionBudget at the end of the drain budget",
+            self.forced_pods.clone(),
+        );
+        reg.register(
+            "api_throttled",
+            "HTTP 429 answers received from the Kubernetes API",
+            self.api_throttled.clone(),
+        );
     }
 }

@@ -1,19 +1,54 @@
-//! While `run` serves: read the node from the API every few seconds to (1) feed its Ready
-//! condition and heartbeat into `/healthz`, (2) undo the agent's own cordon once kubelet is
-//! healthy and the node Ready (never an operator's), and (3) compare the node's reported
-//! allocatable with the lease, logging and exporting any mismatch.
+//! While `run` serves: read the node's Lease and Node object from the API every few seconds to
+//! (1) tell `/healthz` whether kubelet renews its Lease while the API answers (the only API fact
+//! that can fail the check), and report Ready, API reachability and allocatable; (2) undo the
+//! agent's own cordon once kubelet is healthy, the node Ready and its Lease renewed since this
+//! agent started (never an operator's cordon); (3) compare the node's allocatable with the lease.
+//!
+//! Liveness is the Lease `kube-node-lease/<node>` (kubelet renews it every 10 s, 0.25 × its
+//! 40 s `leaseDurationSeconds`), never the Ready condition's `lastHeartbeatTime`: since
+//! NodeLease, kubelet posts node status only on change or every 5 minutes. The Node authorizer
+//! lets a kubelet's own identity `get` its own Lease in `kube-node-lease`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::drain::{self, Uncordon};
-use crate::health::{NodeReadiness, SharedHealth};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::jiff::Timestamp;
+use kube::Client;
+use kube::api::Api;
+
+use crate::agent::ApiTarget;
+use crate::drain::{self, ApiError, Uncordon};
+use crate::health::{DEFAULT_LEASE_DURATION, LeaseReading, NodeApiView, SharedHealth};
 use crate::metrics::Metrics;
 use crate::reservation::Resources;
-use crate::taskkill::ApiTarget;
 
-/// A Ready heartbeat older than this makes the node count as not ready.
-pub const HEARTBEAT_STALE_AFTER: Duration = Duration::from_secs(60);
+/// The namespace kubelet keeps node Leases in.
+pub const LEASE_NAMESPACE: &str = "kube-node-lease";
+
+/// What a Lease says at `now`: current, expired (and how long ago), or unreadable.
+pub fn lease_reading(lease: &Lease, now: Timestamp) -> (LeaseReading, Option<Timestamp>) {
+    let spec = lease.spec.as_ref();
+    let renewed = spec.and_then(|s| s.renew_time.as_ref()).map(|t| t.0);
+    let duration = spec
+        .and_then(|s| s.lease_duration_seconds)
+        .and_then(|s| u64::try_from(s).ok())
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_LEASE_DURATION);
+    let Some(renewed) = renewed else {
+        return (LeaseReading::Unknown, None);
+    };
+    let age = Duration::try_from(now.duration_since(renewed)).unwrap_or(Duration::ZERO);
+    let reading = if age > duration {
+        LeaseReading::Expired {
+            ago: age - duration,
+            duration,
+        }
+    } else {
+        LeaseReading::Current
+    };
+    (reading, Some(renewed))
+}
 
 /// Watches the node until the task is dropped.
 pub async fn run(
@@ -23,11 +58,11 @@ pub async fn run(
     health: Arc<SharedHealth>,
     metrics: Arc<Metrics>,
 ) {
-    let started = k8s_openapi::jiff::Timestamp::now();
-    let mut client = None;
+    let started = Timestamp::now();
+    let mut client: Option<Client> = None;
     let mut uncordon_done = false;
     let mut last_mismatch: Option<Resources> = None;
-    let mut warned_unreachable = false;
+    let mut warned: Option<String> = None;
     let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(100)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -36,62 +71,67 @@ pub async fn run(
             match drain::connect(&target.kubeconfig).await {
                 Ok(c) => client = Some(c),
                 Err(e) => {
-                    if !warned_unreachable {
-                        tracing::warn!(error = %e, "cannot use the Kubernetes API; node checks paused");
-                        warned_unreachable = true;
-                    }
+                    warn_once(
+                        &mut warned,
+                        &e,
+                        "cannot use the Kubernetes API; node checks paused",
+                    );
+                    record_away(&health, &metrics);
                     continue;
                 }
             }
         }
-        let Some(c) = client.as_ref() else { continue };
-        let node = match drain::get_node(c, &target.node, Duration::from_secs(3)).await {
-            Ok(node) => node,
-            Err(e) => {
-                // The API being away is not the node being unhealthy: forget the last reading.
-                health.update(|s| s.node = None);
-                if !warned_unreachable {
-                    tracing::warn!(node = %target.node, error = %e, "cannot read the node");
-                    warned_unreachable = true;
-                }
-                continue;
+        let Some(c) = client.clone() else { continue };
+        let reading = read(&c, &target.node, &metrics).await;
+        if let Some(e) = &reading.error {
+            warn_once(&mut warned, e, "cannot read the node or its Lease");
+            if matches!(e, ApiError::Forbidden(_)) {
+                // Rotated client certificates or a replaced token: build a new client from
+                // the kubeconfig on the next tick.
+                client = None;
             }
-        };
-        warned_unreachable = false;
-        let view = drain::node_view(
-            &node,
-            k8s_openapi::jiff::Timestamp::now(),
-            HEARTBEAT_STALE_AFTER,
-        );
-        let ready = view.ready.clone();
-        health.update(|s| {
-            s.node = Some(NodeReadiness {
-                at: Instant::now(),
-                result: ready,
+        } else if warned.take().is_some() {
+            tracing::info!(node = %target.node, "node and Lease readable again");
+        }
+        let mismatch = reading
+            .node
+            .as_ref()
+            .and_then(|v| v.allocatable)
+            .and_then(|reported| {
+                (reported != lease).then(|| {
+                format!(
+                    "node allocatable cpu={}m memory={} differs from the lease cpu={}m memory={}",
+                    reported.cpu_millicores,
+                    reported.memory_bytes,
+                    lease.cpu_millicores,
+                    lease.memory_bytes
+                )
             })
-        });
-        let fresh = view.heartbeat.is_some_and(|hb| hb > started);
-        if view.ready.is_err() || !fresh {
+            });
+        let view = NodeApiView {
+            at: Instant::now(),
+            reachable: reading.reachable,
+            lease: reading.lease.clone(),
+            ready: reading.node.as_ref().map(|v| v.ready.clone()),
+            allocatable_mismatch: mismatch,
+        };
+        metrics.node.api_reachable.set(i64::from(view.reachable));
+        metrics.node.lease_expired.set(i64::from(
+            view.reachable
+                && matches!(
+                    view.lease,
+                    LeaseReading::Expired { .. } | LeaseReading::Missing
+                ),
+        ));
+        metrics
+            .node
+            .ready
+            .set(i64::from(matches!(view.ready, Some(Ok(())))));
+        health.update(|s| s.api = Some(view));
+        let Some(node_view) = reading.node else {
             continue;
-        }
-        let kubelet_healthy = health.verdict().is_ok();
-        if !uncordon_done && kubelet_healthy {
-            match drain::uncordon_if_ours(c, &node).await {
-                Ok(Uncordon::Removed) => {
-                    tracing::info!(node = %target.node, "uncordoned the node the agent had cordoned");
-                    uncordon_done = true;
-                }
-                Ok(Uncordon::OperatorCordonKept) => {
-                    tracing::info!(node = %target.node, "node is cordoned by an operator; leaving it cordoned");
-                    uncordon_done = true;
-                }
-                Ok(Uncordon::NotCordoned) => uncordon_done = true,
-                Err(e) => {
-                    tracing::warn!(node = %target.node, error = %e, "cannot uncordon; will retry")
-                }
-            }
-        }
-        if let Some(reported) = view.allocatable {
+        };
+        if let Some(reported) = node_view.allocatable {
             let mismatch = reported != lease;
             metrics.allocatable_mismatch.set(i64::from(mismatch));
             if mismatch && last_mismatch != Some(reported) {
@@ -106,5 +146,142 @@ pub async fn run(
             }
             last_mismatch = mismatch.then_some(reported);
         }
+        // Uncordon once: kubelet healthy, Ready=True, and the Lease renewed since this agent
+        // started (so it is this kubelet's renewal, not one left from before the kill).
+        let renewed_since_start = reading.renewed.is_some_and(|t| t > started);
+        if uncordon_done
+            || node_view.ready.is_err()
+            || !renewed_since_start
+            || health.verdict().is_err()
+        {
+            continue;
+        }
+        let Some(node) = reading.node_object else {
+            continue;
+        };
+        match drain::uncordon_if_ours(&c, &node).await {
+            Ok(Uncordon::Removed) => {
+                tracing::info!(node = %target.node, "uncordoned the node the agent had cordoned");
+                uncordon_done = true;
+            }
+            Ok(Uncordon::OperatorCordonKept) => {
+                tracing::info!(node = %target.node, "node is cordoned by an operator; leaving it cordoned");
+                uncordon_done = true;
+            }
+            Ok(Uncordon::NotCordoned) => uncordon_done = true,
+            Err(e) => {
+                tracing::warn!(node = %target.node, error = %e, "cannot uncordon; will retry")
+            }
+        }
+    }
+}
+
+/// One reading of the node and its Lease.
+struct Reading {
+    reachable: bool,
+    lease: LeaseReading,
+    renewed: Option<Timestamp>,
+    node: Option<drain::NodeView>,
+    node_object: Option<k8s_openapi::api::core::v1::Node>,
+    error: Option<ApiError>,
+}
+
+async fn read(client: &Client, node: &str, metrics: &Metrics) -> Reading {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
+    let timeout = Duration::from_secs(3);
+    let mut reading = Reading {
+        reachable: false,
+        lease: LeaseReading::Unknown,
+        renewed: None,
+        node: None,
+        node_object: None,
+        error: None,
+    };
+    match tokio::time::timeout(timeout, leases.get_opt(node)).await {
+        Ok(Ok(Some(lease))) => {
+            reading.reachable = true;
+            (reading.lease, reading.renewed) = lease_reading(&lease, Timestamp::now());
+        }
+        Ok(Ok(None)) => {
+            reading.reachable = true;
+            reading.lease = LeaseReading::Missing;
+        }
+        Ok(Err(e)) => {
+            if matches!(&e, kube::Error::Api(s) if s.code == 429) {
+                metrics.node.api_throttled.inc();
+            }
+            // An HTTP answer means the API is there, even if it refused this request.
+            reading.reachable = matches!(e, kube::Error::Api(_));
+            reading.error = Some(drain::classify(&e));
+        }
+        Err(_) => reading.error = Some(ApiError::Unreachable("no answer within 3s".into())),
+    }
+    if reading.error.is_some() && !reading.reachable {
+        return reading;
+    }
+    match drain::get_node(client, node, timeout).await {
+        Ok(n) => {
+            reading.reachable = true;
+            reading.node = Some(drain::node_view(&n));
+            reading.node_object = Some(n);
+        }
+        Err(e) => {
+            reading.reachable |= e.answered();
+            if reading.error.is_none() {
+                reading.error = Some(e);
+            }
+        }
+    }
+    reading
+}
+
+fn record_away(health: &SharedHealth, metrics: &Metrics) {
+    metrics.node.api_reachable.set(0);
+    metrics.node.lease_expired.set(0);
+    health.update(|s| {
+        if let Some(api) = s.api.as_mut() {
+            api.reachable = false;
+        }
+    });
+}
+
+fn warn_once(warned: &mut Option<String>, e: &ApiError, what: &str) {
+    let text = e.to_string();
+    if warned.as_deref() != Some(text.as_str()) {
+        tracing::warn!(error = %text, "{what}");
+        *warned = Some(text);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn lease(renew: &str, duration: i64) -> Lease {
+        serde_json::from_value(json!({
+            "metadata": {"name": "n", "namespace": LEASE_NAMESPACE},
+            "spec": {"holderIdentity": "n", "leaseDurationSeconds": duration, "renewTime": renew}
+        }))
+        .expect("lease")
+    }
+
+    #[test]
+    fn lease_is_current_until_renew_time_plus_duration() {
+        let now: Timestamp = "2026-01-01T00:01:00Z".parse().expect("ts");
+        let (r, renewed) = lease_reading(&lease("2026-01-01T00:00:30.000000Z", 40), now);
+        assert_eq!(r, LeaseReading::Current);
+        assert!(renewed.is_some());
+        let (r, _) = lease_reading(&lease("2026-01-01T00:00:10.000000Z", 40), now);
+        assert_eq!(
+            r,
+            LeaseReading::Expired {
+                ago: Duration::from_secs(10),
+                duration: Duration::from_secs(40)
+            }
+        );
+        let no_renew: Lease =
+            serde_json::from_value(json!({"metadata": {"name": "n"}, "spec": {}})).expect("lease");
+        assert_eq!(lease_reading(&no_renew, now).0, LeaseReading::Unknown);
     }
 }

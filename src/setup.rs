@@ -12,6 +12,9 @@ use crate::kubelet_args::{self, KubeletHealthz};
 use crate::lease::{self, Lease, LeaseInputs, LeaseSource, LegacyFile};
 use crate::reservation::{self, EvictionHard, Policy, Reservation};
 
+/// The flag the agent adds in zero modes so kubelet admits no pod at all.
+pub const ZERO_PODS_FLAG: &str = "--max-pods=0";
+
 /// Everything needed to start kubelet on this host, computed before anything is started.
 #[derive(Debug, Clone)]
 pub struct NodeSetup {
@@ -35,7 +38,14 @@ impl NodeSetup {
         self.argv_for(&self.reservation, port)
     }
 
-    /// Kubelet's argv with zero allocatable (for standby and the task-kill window).
+    /// Kubelet's argv with zero allocatable and zero pods (standby and the task-kill window).
+    ///
+    /// Zero CPU and memory alone still admit BestEffort pods: kubelet's admission
+    /// (`pkg/kubelet/lifecycle/predicate.go`, the scheduler's `fitsRequest`) checks the pod
+    /// count first and returns early for a pod that requests nothing. `--max-pods=0` (validation
+    /// only refuses negative values) makes the count check reject every pod, static pods
+    /// included. It comes last, after the operator's arguments, so it wins (pflag keeps the last
+    /// value of an int flag, and flags override kubelet's config file).
     pub fn zero_argv(&self, port: u16) -> Result<Vec<String>, Failure> {
         let zero = reservation::compute(
             &self.capacity,
@@ -43,7 +53,17 @@ impl NodeSetup {
             &self.policy,
         )
         .map_err(|e| Failure::new(ExitStatus::Config, e.to_string()))?;
-        Ok(self.argv_for(&zero, port))
+        let mut argv = self.argv_for(&zero, port);
+        argv.push(ZERO_PODS_FLAG.to_string());
+        Ok(argv)
+    }
+
+    /// Kubelet's `--root-dir` (default `/var/lib/kubelet`): its `pods/<uid>` directories tell
+    /// which pods it has not cleaned up yet, even while no API is reachable.
+    pub fn kubelet_root_dir(&self) -> PathBuf {
+        kubelet_args::user_flag_value(&self.user_args, "--root-dir")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/var/lib/kubelet"))
     }
 
     fn argv_for(&self, reservation: &Reservation, port: u16) -> Vec<String> {

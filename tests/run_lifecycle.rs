@@ -414,3 +414,126 @@ fn kubelet_crashing_later_is_restarted_until_the_failure_budget_is_spent() {
     assert!(log.contains("exit code 2"), "{log}");
     assert!(kubelet_pid(&scratch).is_none());
 }
+
+/// The agent's one summary line (`task kill finished` or `agent exiting`) from JSON logs.
+fn summary_line(log: &str) -> Value {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["message"] == "task kill finished" || v["message"] == "agent exiting")
+        .unwrap_or_else(|| panic!("no summary line in:\n{log}"))
+}
+
+/// A BestEffort pod (no requests) and one that requests CPU, both running under the agent.
+fn start_with_two_pods(
+    scratch: &Scratch,
+    port: u16,
+    extra: &[(&'static str, &str)],
+) -> (Guard, Vec<i32>) {
+    scratch.pod("besteffort", "", "");
+    scratch.pod("web", "100m", "64Mi");
+    let mut args = vec!["run".to_string(), "--".to_string()];
+    args.extend(scratch.kubelet_args());
+    let mut env = direct_env(scratch, port, "");
+    env.push(("KRW_LOG_FORMAT", "json".into()));
+    env.push(("FAKE_KUBELET_SYNC_INTERVAL_MS", "200".into()));
+    env.push(("KRW_STOP_TIMEOUT", "1".into()));
+    for (k, v) in extra {
+        env.push((k, (*v).to_string()));
+    }
+    let agent = spawn_agent(&args, &env);
+    assert!(
+        wait_until(Duration::from_secs(15), || scratch.pod_pids().len() == 2
+            && scratch.pod_pids().iter().all(|p| alive(*p))),
+        "pods not running: {}",
+        agent.stderr_text()
+    );
+    let pods = scratch.pod_pids();
+    (agent, pods)
+}
+
+#[test]
+fn credential_less_kill_leaves_no_pod_process_best_effort_included() {
+    let scratch = Scratch::new(2, 8);
+    let port = free_port();
+    let (mut agent, pods) = start_with_two_pods(&scratch, port, &[("KRW_DRAIN_TIMEOUT", "5")]);
+    agent.signal(libc::SIGTERM);
+    assert_eq!(agent.wait_exit(Duration::from_secs(10)), Some(Some(0)));
+    assert!(
+        pods.iter().all(|p| !alive(*p)),
+        "pod processes survived: {:?}",
+        pods.iter().filter(|p| alive(**p)).collect::<Vec<_>>()
+    );
+    let s = summary_line(&agent.stderr_text());
+    assert_eq!(s["ending"], "SIGTERM", "{s}");
+    assert_eq!(s["mode"], "zero-allocatable", "{s}");
+    assert_eq!(s["left_behind"], 0, "{s}");
+    assert_eq!(s["left_counted_from"], "kubelet-pod-dirs", "{s}");
+    let argv = scratch.kubelet_status().expect("status")["argv"].clone();
+    assert!(
+        argv.as_array()
+            .is_some_and(|a| a.iter().any(|x| x == "--max-pods=0")),
+        "zero-allocatable kubelet without --max-pods=0: {argv}"
+    );
+}
+
+#[test]
+fn sighup_drains_like_sigterm() {
+    let scratch = Scratch::new(2, 8);
+    let port = free_port();
+    let (mut agent, pods) = start_with_two_pods(&scratch, port, &[("KRW_DRAIN_TIMEOUT", "5")]);
+    agent.signal(libc::SIGHUP);
+    assert_eq!(agent.wait_exit(Duration::from_secs(10)), Some(Some(0)));
+    assert!(pods.iter().all(|p| !alive(*p)), "pods survived SIGHUP");
+    let s = summary_line(&agent.stderr_text());
+    assert_eq!(s["ending"], "SIGHUP", "{s}");
+    assert_eq!(s["left_behind"], 0, "{s}");
+}
+
+#[test]
+fn sigquit_leaves_at_once_and_names_what_is_left() {
+    let scratch = Scratch::new(2, 8);
+    let port = free_port();
+    let (mut agent, pods) = start_with_two_pods(&scratch, port, &[("KRW_DRAIN_TIMEOUT", "20")]);
+    agent.signal(libc::SIGQUIT);
+    assert_eq!(agent.wait_exit(Duration::from_secs(5)), Some(Some(0)));
+    assert!(pods.iter().all(|p| alive(*p)), "SIGQUIT does not drain");
+    let s = summary_line(&agent.stderr_text());
+    assert_eq!(s["message"], "agent exiting", "{s}");
+    assert_eq!(s["ending"], "SIGQUIT", "{s}");
+    assert_eq!(s["left_behind"], 2, "{s}");
+    let left = s["left"].as_str().unwrap_or("");
+    assert!(
+        left.contains("uid-besteffort") && left.contains("uid-web"),
+        "{s}"
+    );
+    assert!(kubelet_pid(&scratch).is_none());
+}
+
+#[test]
+fn exit_75_names_the_pods_it_leaves() {
+    let scratch = Scratch::new(2, 8);
+    let port = free_port();
+    let (mut agent, pods) = start_with_two_pods(
+        &scratch,
+        port,
+        &[
+            ("FAKE_KUBELET_FAULT", "crash-after=1.5"),
+            ("KRW_MAX_FAILURES", "1"),
+        ],
+    );
+    assert_eq!(agent.wait_exit(Duration::from_secs(20)), Some(Some(75)));
+    let log = agent.stderr_text();
+    let s = summary_line(&log);
+    assert_eq!(s["message"], "agent exiting", "{s}");
+    assert_eq!(s["ending"], "kubelet-failing", "{s}");
+    assert_eq!(s["left_behind"], 2, "{s}");
+    assert_eq!(s["left_counted_from"], "kubelet-pod-dirs", "{s}");
+    assert!(
+        s["note"].as_str().unwrap_or("").contains("not drained"),
+        "{s}"
+    );
+    assert!(
+        pods.iter().all(|p| alive(*p)),
+        "the count is of pods really there"
+    );
+}

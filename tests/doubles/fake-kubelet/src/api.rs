@@ -453,8 +453,33 @@ impl NodeInfo {
     }
 }
 
-/// Register the node (retrying), then heartbeat its status forever. Runs in its own thread.
-pub fn node_loop(client: Client, info: NodeInfo, every: Duration) {
+/// How often the node's status is computed and posted (kubelet config v1beta1 defaults:
+/// `nodeStatusUpdateFrequency` 10s, `nodeStatusReportFrequency` 5m unless the update frequency
+/// was set explicitly, then equal to it).
+#[derive(Debug, Clone, Copy)]
+pub struct StatusCadence {
+    pub update_every: Duration,
+    pub report_every: Duration,
+}
+
+/// The status without its heartbeat times: what `nodeStatusHasChanged` compares.
+fn without_heartbeats(status: &Value) -> Value {
+    let mut v = status.clone();
+    if let Some(conds) = v.get_mut("conditions").and_then(Value::as_array_mut) {
+        for c in conds {
+            if let Some(o) = c.as_object_mut() {
+                o.remove("lastHeartbeatTime");
+            }
+        }
+    }
+    v
+}
+
+/// Register the node (retrying), then post its status as kubelet does since NodeLease: every
+/// `update_every` the status is computed, and it is posted only if it changed or
+/// `report_every` has passed since the last post (`kubelet_node_status.go`
+/// `tryUpdateNodeStatus`). Liveness is the Lease (`lease_loop`). Runs in its own thread.
+pub fn node_loop(client: Client, info: NodeInfo, cadence: StatusCadence) {
     let since = util::now_rfc3339();
     loop {
         match client.json_req(
@@ -489,20 +514,125 @@ pub fn node_loop(client: Client, info: NodeInfo, every: Duration) {
         std::thread::sleep(Duration::from_millis(500));
     }
     let path = format!("/api/v1/nodes/{}/status", info.name);
+    let mut last_posted: Option<(std::time::Instant, Value)> = None;
     loop {
-        let patch = json!({"status": info.status(&since)});
-        match client.json_req("PATCH", &path, "application/merge-patch+json", &patch) {
-            Ok((200..=299, _)) => {}
-            Ok((c, b)) => log(
-                'E',
-                &format!("\"Error updating node status, will retry\" code={c} body={b}"),
-            ),
-            Err(e) => log(
-                'E',
-                &format!("\"Error updating node status, will retry\" err=\"{e}\""),
-            ),
+        let status = info.status(&since);
+        let stripped = without_heartbeats(&status);
+        let due = match &last_posted {
+            None => true,
+            Some((at, prev)) => *prev != stripped || at.elapsed() >= cadence.report_every,
+        };
+        if due {
+            let patch = json!({"status": status});
+            match client.json_req("PATCH", &path, "application/merge-patch+json", &patch) {
+                Ok((200..=299, _)) => last_posted = Some((std::time::Instant::now(), stripped)),
+                Ok((c, b)) => log(
+                    'E',
+                    &format!("\"Error updating node status, will retry\" code={c} body={b}"),
+                ),
+                Err(e) => log(
+                    'E',
+                    &format!("\"Error updating node status, will retry\" err=\"{e}\""),
+                ),
+            }
         }
-        std::thread::sleep(every);
+        std::thread::sleep(cadence.update_every);
+    }
+}
+
+/// The node Lease, as `staging/src/k8s.io/component-helpers/apimachinery/lease/controller.go`
+/// keeps it: ensure it exists (GET, then POST on 404, backing off from 200 ms to 7 s), then
+/// every `renew_every` (0.25 × the duration, `nodeLeaseRenewIntervalFraction`) PUT it with a
+/// new `renewTime`; on 409 re-GET and retry. Runs in its own thread.
+pub fn lease_loop(
+    client: Client,
+    node: String,
+    duration_secs: i64,
+    faults: std::sync::Arc<crate::faults::Faults>,
+) {
+    let renew_every = Duration::from_millis((duration_secs.max(1) as u64) * 250);
+    let path = format!("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{node}");
+    let mut latest: Option<Value> = None;
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        if faults.no_lease_while.as_ref().is_some_and(|p| p.exists()) {
+            std::thread::sleep(renew_every);
+            continue;
+        }
+        let base = match latest.take() {
+            Some(l) => Some(l),
+            None => match client.request("GET", &path, None, None) {
+                Ok((200, b)) => serde_json::from_slice::<Value>(&b).ok(),
+                Ok((404, _)) => None,
+                Ok((c, b)) => {
+                    log(
+                        'E',
+                        &format!(
+                            "\"Failed to ensure lease exists, will retry\" code={c} body={}",
+                            String::from_utf8_lossy(&b)
+                        ),
+                    );
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(7));
+                    continue;
+                }
+                Err(e) => {
+                    log(
+                        'E',
+                        &format!("\"Failed to ensure lease exists, will retry\" err=\"{e}\""),
+                    );
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(7));
+                    continue;
+                }
+            },
+        };
+        let renew = util::now_rfc3339_micro();
+        let result = match base {
+            None => {
+                let lease = json!({
+                    "apiVersion": "coordination.k8s.io/v1",
+                    "kind": "Lease",
+                    "metadata": {"name": node, "namespace": "kube-node-lease"},
+                    "spec": {"holderIdentity": node, "leaseDurationSeconds": duration_secs, "renewTime": renew},
+                });
+                client.json_req(
+                    "POST",
+                    "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases",
+                    "application/json",
+                    &lease,
+                )
+            }
+            Some(mut lease) => {
+                lease["spec"]["leaseDurationSeconds"] = json!(duration_secs);
+                lease["spec"]["renewTime"] = json!(renew);
+                client.json_req("PUT", &path, "application/json", &lease)
+            }
+        };
+        match result {
+            Ok((200..=201, v)) => {
+                latest = Some(v);
+                backoff = Duration::from_millis(200);
+                std::thread::sleep(renew_every);
+            }
+            Ok((409, _)) => {}
+            Ok((c, b)) => {
+                log(
+                    'E',
+                    &format!("\"Failed to update lease, will retry\" code={c} body={b}"),
+                );
+                std::thread::sleep(backoff.min(renew_every));
+                backoff = (backoff * 2).min(Duration::from_secs(7));
+            }
+            Err(e) => {
+                log(
+                    'E',
+                    &format!("\"Failed to update lease, will retry\" err=\"{e}\""),
+                );
+                std::thread::sleep(backoff.min(renew_every));
+                backoff = (backoff * 2).min(Duration::from_secs(7));
+            }
+        }
     }
 }
 

@@ -12,6 +12,8 @@ pub struct Faults {
     pub unhealthy_while: Option<PathBuf>,
     pub slow_start: Option<Duration>,
     pub ignore_sigterm: bool,
+    /// While this path exists the node Lease is not renewed (a kubelet whose heartbeat is stuck).
+    pub no_lease_while: Option<PathBuf>,
 }
 
 fn secs(name: &str, v: &str) -> Result<Duration, String> {
@@ -42,6 +44,9 @@ impl Faults {
                 ("unhealthy", None) => f.unhealthy = true,
                 ("unhealthy-while", Some(v)) if !v.is_empty() => {
                     f.unhealthy_while = Some(PathBuf::from(v))
+                }
+                ("no-lease-while", Some(v)) if !v.is_empty() => {
+                    f.no_lease_while = Some(PathBuf::from(v))
                 }
                 ("slow-start", Some(v)) => f.slow_start = Some(secs(name, v)?),
                 ("ignore-sigterm", None) => f.ignore_sigterm = true,

@@ -167,6 +167,8 @@ pub struct Config {
     pub hostname_override: Option<String>,
     pub kubeconfig: Option<PathBuf>,
     pub node_status_update_frequency: Duration,
+    /// Whether the update frequency was given (then it is also the report frequency).
+    pub node_status_update_frequency_explicit: bool,
 }
 
 pub enum ParseOutcome {
@@ -524,6 +526,7 @@ pub fn parse(argv: Vec<String>) -> Result<ParseOutcome, FlagError> {
             .cloned(),
         kubeconfig: path("kubeconfig"),
         node_status_update_frequency,
+        node_status_update_frequency_explicit: raw.contains_key("node-status-update-frequency"),
     })))
 }
 

@@ -35,8 +35,14 @@ Every other kubelet flag is accepted and ignored.
 Test-only environment:
   FAKE_KUBELET_HOST_ROOT       read /proc and /sys under this dir (default /)
   FAKE_KUBELET_FAULT           crash-at-start, crash-after=SECS, hang, unhealthy,
-                               unhealthy-while=PATH, slow-start=SECS, ignore-sigterm
+                               unhealthy-while=PATH, slow-start=SECS, ignore-sigterm,
+                               no-lease-while=PATH
   FAKE_KUBELET_SYNC_INTERVAL_MS  pod sync period (default 1000)
+  FAKE_KUBELET_NODE_STATUS_REPORT_FREQUENCY  nodeStatusReportFrequency (Go
+                               duration; default 5m, or the update frequency if
+                               --node-status-update-frequency is given)
+  FAKE_KUBELET_NODE_LEASE_DURATION_SECONDS  nodeLeaseDurationSeconds (40); the
+                               Lease is renewed every quarter of it
 ";
 
 fn die(msg: &str) -> ! {
@@ -156,6 +162,15 @@ fn reserved_json(r: &flags::Reserved) -> Value {
         "ephemeral_storage_bytes": r.ephemeral_storage_bytes,
         "pid": r.pid,
     })
+}
+
+/// A Go duration from the environment (test cadence knobs).
+fn env_duration(name: &str) -> Option<Duration> {
+    let v = std::env::var(name).ok()?;
+    match flags::parse_go_duration(&v) {
+        Some(d) if !d.is_zero() => Some(d),
+        _ => die(&format!("{name}: invalid duration {v:?}")),
+    }
 }
 
 fn main() {
@@ -296,9 +311,24 @@ fn main() {
             mem_alloc: alloc.memory_bytes,
             max_pods: cfg.max_pods,
         };
-        let c = c.clone();
-        let every = cfg.node_status_update_frequency;
-        std::thread::spawn(move || api::node_loop(c, info, every));
+        let cadence = api::StatusCadence {
+            update_every: cfg.node_status_update_frequency,
+            report_every: env_duration("FAKE_KUBELET_NODE_STATUS_REPORT_FREQUENCY").unwrap_or(
+                if cfg.node_status_update_frequency_explicit {
+                    cfg.node_status_update_frequency
+                } else {
+                    Duration::from_secs(300)
+                },
+            ),
+        };
+        let lease_secs = std::env::var("FAKE_KUBELET_NODE_LEASE_DURATION_SECONDS")
+            .ok()
+            .and_then(|v| v.parse::<i64>().ok())
+            .filter(|v| *v > 0)
+            .unwrap_or(40);
+        let (c1, c2, node, faults) = (c.clone(), c.clone(), node_name.clone(), faults.clone());
+        std::thread::spawn(move || api::node_loop(c1, info, cadence));
+        std::thread::spawn(move || api::lease_loop(c2, node, lease_secs, faults));
     }
 
     let interval = std::env::var("FAKE_KUBELET_SYNC_INTERVAL_MS")

@@ -395,11 +395,16 @@ struct Record {
     uid: String,
     pid: i32,
     start: u64,
-    grace: i64,
 }
+
+/// `HandlePodCleanups` kills containers of pods unknown to the pod workers (rejected at
+/// admission, or orphaned by a restart) with `PodTerminationGracePeriodSecondsOverride: &one`.
+const ORPHAN_GRACE_SECS: i64 = 1;
 
 pub struct Engine {
     records_dir: PathBuf,
+    /// `<root-dir>/pods`: one `<uid>` directory per pod kubelet has not cleaned up.
+    pod_dirs: PathBuf,
     max_pods: i64,
     alloc_cpu: i64,
     alloc_mem: i64,
@@ -442,7 +447,6 @@ impl Engine {
                                 .to_string(),
                             pid: pid as i32,
                             start,
-                            grace: v.get("grace_seconds").and_then(Value::as_i64).unwrap_or(30),
                         },
                     );
                 }
@@ -450,6 +454,7 @@ impl Engine {
         }
         Engine {
             records_dir,
+            pod_dirs: root_dir.join("pods"),
             max_pods,
             alloc_cpu,
             alloc_mem,
@@ -565,6 +570,7 @@ impl Engine {
                     ),
                 );
                 let _ = std::fs::remove_file(self.record_path(&k));
+                let _ = std::fs::remove_dir_all(self.pod_dirs.join(&st.spec.uid));
                 self.pods.remove(&k);
             }
         }
@@ -585,7 +591,11 @@ impl Engine {
                 if r.uid == spec.uid {
                     old_proc = Some((r.pid, r.start));
                 } else {
-                    procs::terminate(r.pid, r.start, Duration::from_secs(r.grace as u64));
+                    procs::terminate(
+                        r.pid,
+                        r.start,
+                        Duration::from_secs(ORPHAN_GRACE_SECS as u64),
+                    );
                 }
             }
             let mut st = PodState::new(spec);
@@ -628,8 +638,10 @@ impl Engine {
                         st.set_phase("Failed");
                         st.reason = reason;
                         st.message = format!("Pod was rejected: {msg}");
-                        let g = st.spec.grace_secs;
-                        st.begin_kill(g);
+                        // A rejected pod never reaches a pod worker (HandlePodAdditions →
+                        // rejectPod); housekeeping (HandlePodCleanups) then kills its running
+                        // containers as unknown to the pod workers, with a 1 s grace override.
+                        st.begin_kill(ORPHAN_GRACE_SECS);
                     }
                 }
             }
@@ -644,8 +656,13 @@ impl Engine {
                         'I',
                         &format!("\"Killing orphaned pod\" key=\"{k}\" pid={}", r.pid),
                     );
-                    procs::terminate(r.pid, r.start, Duration::from_secs(r.grace as u64));
+                    procs::terminate(
+                        r.pid,
+                        r.start,
+                        Duration::from_secs(ORPHAN_GRACE_SECS as u64),
+                    );
                 }
+                let _ = std::fs::remove_dir_all(self.pod_dirs.join(&r.uid));
                 let _ = std::fs::remove_file(self.records_dir.join(format!("{k}.json")));
             }
         }
@@ -708,9 +725,18 @@ impl Engine {
                 }
             }
         }
-        // 6. records + API status
+        // 6. records, pod dirs + API status
         let _ = std::fs::create_dir_all(&self.records_dir);
         for (k, st) in self.pods.iter_mut() {
+            // kubelet makes `pods/<uid>` in syncPod (makePodDataDirs) and removes it in
+            // cleanupOrphanedPodDirs once the pod's containers are gone.
+            let dir = self.pod_dirs.join(&st.spec.uid);
+            let has_containers = st.proc_.is_some() && !(st.kill.is_some() && st.kill_done());
+            if has_containers || (st.admitted && !st.finished && !st.removing) {
+                let _ = std::fs::create_dir_all(&dir);
+            } else {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
             let mut rec = st.status_json();
             rec["updated"] = json!(util::rfc3339(SystemTime::now()));
             let rec_path = self.records_dir.join(format!("{k}.json"));

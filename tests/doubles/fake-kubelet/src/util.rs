@@ -33,6 +33,17 @@ pub fn rfc3339(t: SystemTime) -> String {
     )
 }
 
+/// metav1.MicroTime: RFC 3339 with six fractional digits (`2006-01-02T15:04:05.000000Z07:00`).
+pub fn now_rfc3339_micro() -> String {
+    let now = SystemTime::now();
+    let micros = now
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_micros())
+        .unwrap_or(0);
+    let secs = rfc3339(now);
+    format!("{}.{micros:06}Z", secs.trim_end_matches('Z'))
+}
+
 pub fn now_rfc3339() -> String {
     rfc3339(SystemTime::now())
 }

@@ -29,6 +29,7 @@ impl Req {
 struct State {
     reqs: Vec<Req>,
     pods: Vec<Value>,
+    lease: Option<Value>,
 }
 
 struct ApiServer {
@@ -209,6 +210,68 @@ fn route(g: &mut State, r: &Req) -> (u16, Value) {
                 }
                 Some(i) => (200, g.pods.remove(i)),
             }
+        }
+        (
+            "GET",
+            [
+                "apis",
+                "coordination.k8s.io",
+                "v1",
+                "namespaces",
+                "kube-node-lease",
+                "leases",
+                _,
+            ],
+        ) => match &g.lease {
+            Some(l) => (200, l.clone()),
+            None => (404, json!({"kind": "Status", "code": 404})),
+        },
+        (
+            "POST",
+            [
+                "apis",
+                "coordination.k8s.io",
+                "v1",
+                "namespaces",
+                "kube-node-lease",
+                "leases",
+            ],
+        ) => {
+            let mut l = r.body.clone();
+            l["metadata"]["resourceVersion"] = json!("1");
+            g.lease = Some(l.clone());
+            (201, l)
+        }
+        (
+            "PUT",
+            [
+                "apis",
+                "coordination.k8s.io",
+                "v1",
+                "namespaces",
+                "kube-node-lease",
+                "leases",
+                _,
+            ],
+        ) => {
+            let current = g
+                .lease
+                .as_ref()
+                .map(|l| l["metadata"]["resourceVersion"].clone());
+            if current != Some(r.body["metadata"]["resourceVersion"].clone()) {
+                return (
+                    409,
+                    json!({"kind": "Status", "code": 409, "reason": "Conflict"}),
+                );
+            }
+            let mut l = r.body.clone();
+            let rv: u64 = l["metadata"]["resourceVersion"]
+                .as_str()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            l["metadata"]["resourceVersion"] = json!((rv + 1).to_string());
+            g.lease = Some(l.clone());
+            (200, l)
         }
         _ => (404, json!({"kind": "Status", "code": 404})),
     }
@@ -428,4 +491,57 @@ fn unreachable_api_server_does_not_stop_static_pods_or_healthz() {
         k2.wait_exit(Duration::from_secs(3)).expect("exit").code(),
         Some(1)
     );
+}
+
+#[test]
+fn status_only_on_change_or_report_frequency_and_lease_renewed_every_quarter_duration() {
+    let api = ApiServer::start();
+    let host = HostRoot::new(4_194_304).flat_cpus(2);
+    let kc = tempfile::tempdir().unwrap();
+    let kubeconfig = kc.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        json!({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": "c", "cluster": {"server": format!("http://127.0.0.1:{}", api.port)}}],
+            "users": [{"name": "u", "user": {}}],
+            "contexts": [{"name": "ctx", "context": {"cluster": "c", "user": "u"}}],
+        })
+        .to_string(),
+    )
+    .unwrap();
+    // status computed every 100 ms but reported every 2 s (as kubelet's 10 s / 5 min);
+    // Lease duration 2 s, renewed every 0.5 s (as 40 s / 10 s)
+    let k = Kubelet::start(
+        Opts::new(host.path())
+            .arg("--healthz-port=0")
+            .arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .arg("--hostname-override=node-l")
+            .env("FAKE_KUBELET_NODE_STATUS_REPORT_FREQUENCY", "2s")
+            .env("FAKE_KUBELET_NODE_LEASE_DURATION_SECONDS", "2")
+            .env("FAKE_KUBELET_SYNC_INTERVAL_MS", "100"),
+    );
+    let _ = k.pid();
+    let hb = |r: &Req| r.method == "PATCH" && r.path == "/api/v1/nodes/node-l/status";
+    let lease_path = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/node-l";
+    api.wait_req("lease created", |r| {
+        r.method == "POST" && r.path.ends_with("/leases")
+    });
+    api.wait_req("first status", hb);
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_millis(3000));
+    let posts = api.count(hb);
+    let renewals = api.count(|r| r.method == "PUT" && r.path == lease_path);
+    assert!(
+        (1..=3).contains(&posts),
+        "status posted {posts} times in {:?}: only at start and every report period",
+        start.elapsed()
+    );
+    assert!(renewals >= 4, "lease renewed {renewals} times in 3 s");
+    let lease = api.state.lock().unwrap().lease.clone().unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "node-l");
+    assert_eq!(lease["spec"]["leaseDurationSeconds"], 2);
+    let renew = lease["spec"]["renewTime"].as_str().unwrap();
+    assert_eq!(renew.len(), "2026-01-01T00:00:00.000000Z".len(), "{renew}");
+    assert_eq!(lease["metadata"]["namespace"], "kube-node-lease");
 }

@@ -105,7 +105,8 @@ fn restart_with_zero_allocatable_rejects_requesting_pods_keeps_best_effort() {
             1,
         ),
     );
-    // a pod that ignores SIGTERM: needs SIGKILL after its 1s grace period
+    // a pod that ignores SIGTERM, with a 30 s grace period of its own: a rejected pod is killed
+    // by housekeeping with a 1 s grace override (HandlePodCleanups), not its own grace
     m(
         "d.json",
         pod_manifest(
@@ -114,7 +115,7 @@ fn restart_with_zero_allocatable_rejects_requesting_pods_keeps_best_effort() {
             Some("100m"),
             None,
             &["sh", "-c", "trap '' TERM; sleep 300"],
-            1,
+            30,
         ),
     );
     let mut reaper = PodReaper::default();
@@ -150,7 +151,7 @@ fn restart_with_zero_allocatable_rejects_requesting_pods_keeps_best_effort() {
     // zero allocatable: system-reserved = capacity - eviction - hugepages
     let huge = 8 * 2048 * 1024i64;
     let sys_mem = 4_000_000i64 * 1024 - (100 << 20) - huge;
-    let k2 = Kubelet::start(opts(Some(format!(
+    let mut k2 = Kubelet::start(opts(Some(format!(
         "--system-reserved=cpu=4,memory={sys_mem}"
     ))));
     let kpid = k2.pid();
@@ -194,9 +195,36 @@ fn restart_with_zero_allocatable_rejects_requesting_pods_keeps_best_effort() {
     );
     assert!(
         wait_dead(pids[3], Duration::from_secs(3)),
-        "SIGKILL after grace period"
+        "SIGKILL after the 1 s grace override, not the pod's own 30 s"
     );
     assert!(alive(pids[2]));
+    let dir = |n: &str| root.path().join("pods").join(format!("uid-{n}"));
+    let st = k2.wait_status(Duration::from_secs(3), |_| !dir("d-stubborn").exists());
+    assert!(
+        dir("c-besteffort").is_dir(),
+        "pod dir of a running pod: {st}"
+    );
+
+    // zero pods as well: the BestEffort pod is rejected by the pod count and killed
+    k2.signal(libc::SIGTERM);
+    assert_eq!(
+        k2.wait_exit(Duration::from_secs(2)).unwrap().code(),
+        Some(0)
+    );
+    let k3 = Kubelet::start(
+        opts(Some(format!("--system-reserved=cpu=4,memory={sys_mem}"))).arg("--max-pods=0"),
+    );
+    let kpid = k3.pid();
+    let st = k3.wait_status(Duration::from_secs(3), |s| {
+        s["pid"] == kpid && pod(s, "c-besteffort").is_some_and(|p| p["phase"] == "Failed")
+    });
+    let c = pod(&st, "c-besteffort").unwrap();
+    assert_eq!(c["reason"], "OutOfpods", "{c}");
+    assert!(
+        wait_dead(pids[2], Duration::from_secs(3)),
+        "BestEffort pod killed under --max-pods=0"
+    );
+    k3.wait_status(Duration::from_secs(3), |_| !dir("c-besteffort").exists());
 }
 
 #[test]
