@@ -18,8 +18,9 @@
 //!   `backoffFactor` per TASK_FAILED/TASK_FINISHED, at most `maxLaunchDelaySeconds`; never for
 //!   TASK_KILLED; reset when a restart begins; overdue delays dropped every 10 s).
 //!
-//! Every duration taken from the app (health-check timings, kill grace, backoff) is multiplied by
-//! `--time-scale`, so a rehearsal can run the shipped app faster without editing it.
+//! Every pace taken from the app (health-check timings, backoff) is multiplied by `--time-scale`,
+//! so a rehearsal can run the shipped app faster without editing it. The kill grace is a budget,
+//! not a pace, and stays as the app says.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::File;
@@ -83,7 +84,7 @@ pub struct LiveConfig {
     pub agents: Vec<Agent>,
     /// The `mesos-task-emulator` binary.
     pub emulator: PathBuf,
-    /// Multiplier for every duration taken from an app.
+    /// Multiplier for every pace taken from an app (not the kill grace).
     pub time_scale: f64,
     /// Mesos' allocation interval: how often queued instances see offers.
     pub offer_interval: Duration,
@@ -294,7 +295,9 @@ impl Live {
             .get("taskKillGracePeriodSeconds")
             .and_then(Value::as_f64)
             .unwrap_or(DEFAULT_KILL_GRACE);
-        cmd.args(["--kill-grace", &format!("{}", self.scaled(grace))]);
+        // A budget, not a pace: a task that drains in time never waits for it, and scaling it
+        // would squeeze the task's own fixed reserves (e.g. the agent's stop and force windows).
+        cmd.args(["--kill-grace", &format!("{grace}")]);
         cmd.args([
             "--destroy-delay",
             &format!("{}", self.scaled(DESTROY_DELAY)),

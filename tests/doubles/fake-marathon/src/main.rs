@@ -78,7 +78,8 @@ struct Cli {
     /// The mesos-task-emulator binary (live mode).
     #[arg(long)]
     emulator: Option<PathBuf>,
-    /// Live mode: multiply every duration taken from an app (health checks, kill grace, backoff).
+    /// Live mode: multiply every pace taken from an app (health checks, backoff); the kill grace
+    /// stays as the app says.
     #[arg(long, default_value_t = 1.0)]
     time_scale: f64,
     /// Live mode: Mesos' allocation interval, how often queued instances get offers (seconds).

@@ -94,6 +94,8 @@ pub struct Fleet {
 pub struct Options {
     pub hosts: usize,
     pub scale: f64,
+    /// API Priority and Fairness seats per priority level (0 = unlimited).
+    pub max_inflight: u32,
     pub apiserver_args: Vec<String>,
 }
 
@@ -145,11 +147,33 @@ impl Fleet {
     ) -> Result<Fleet, String> {
         let api_fault = work.join("apiserver.fault");
         let api_port_file = work.join("apiserver.port");
+        // Static tokens: the rehearsal is system:masters, each host's kubelet (and so its
+        // agent's drain) is system:node:<host>, limited by the Node authorizer and by APF.
+        let tokens = work.join("tokens.csv");
+        let mut csv = format!(
+            "{},fleet-admin,0,\"system:masters\"\n",
+            crate::http::ADMIN_TOKEN
+        );
+        for i in 0..opts.hosts {
+            csv.push_str(&format!(
+                "node-token-{i},system:node:node-{i},{},\"system:nodes\"\n",
+                i + 1
+            ));
+        }
+        write(&tokens, &csv)?;
+        let scale = opts.scale;
         let mut cmd = Command::new(&bins.fake_apiserver);
         cmd.args(["--listen", "127.0.0.1:0", "--port-file"])
             .arg(&api_port_file)
             .arg("--fault-file")
             .arg(&api_fault)
+            .arg("--token-auth-file")
+            .arg(&tokens)
+            .args(["--controllers", "all"])
+            .args(["--max-inflight", &opts.max_inflight.to_string()])
+            // kube-controller-manager's 40 s / 60 s grace periods, scaled like the kubelet's Lease.
+            .args(["--node-monitor-grace-period-s", &secs(40.0 * scale)])
+            .args(["--node-startup-grace-period-s", &secs(60.0 * scale)])
             .args(&opts.apiserver_args);
         let pid = procs.spawn("fake-apiserver", cmd, &work.join("apiserver.log"))?;
         let api_port = wait_port_file(&api_port_file, &procs, pid, "fake-apiserver")?;
@@ -161,7 +185,7 @@ impl Fleet {
         for h in &mut hosts {
             let mut cmd = Command::new(&bins.agent);
             cmd.arg("standby").env_clear();
-            for (k, v) in host_env(h) {
+            for (k, v) in host_env(h, opts.scale) {
                 cmd.env(k, v);
             }
             h.standby_pid = procs.spawn(
@@ -177,7 +201,7 @@ impl Fleet {
                 json!({
                     "hostname": h.name,
                     "sandbox_root": h.dir.join("sandboxes"),
-                    "extra_env": host_env(h).into_iter().filter(|(k, _)| *k != "PATH").collect::<std::collections::BTreeMap<_, _>>(),
+                    "extra_env": host_env(h, opts.scale).into_iter().filter(|(k, _)| *k != "PATH").collect::<std::collections::BTreeMap<_, _>>(),
                     "health_port": h.health_port,
                     // A Mesos agent offers the host minus what it keeps for the system.
                     "cpus": h.cpus as f64,
@@ -222,9 +246,10 @@ impl Fleet {
     /// The shipped app for `instances` nodes of `cpus`/`mem`, adapted to the loopback fleet:
     /// the agent binary under test; the two per-host values (kubelet arguments file, health
     /// address) moved from the app's `env` to each host's settings file, because every emulated
-    /// host shares one filesystem and one loopback; `KRW_DRAIN_TIMEOUT` scaled like every other
-    /// duration (the fake Marathon scales the app's own). `minimumHealthCapacity` is recomputed
-    /// for `instances` as `ansible/marathon-deploy.yml` does. Everything else is the file's.
+    /// host shares one filesystem and one loopback. `minimumHealthCapacity` is recomputed for
+    /// `instances` as `ansible/marathon-deploy.yml` does. Everything else is the file's: the
+    /// fake Marathon scales the app's paces (health checks, backoff); budgets (drain timeout,
+    /// kill grace) stay, because the agent's fixed reserves inside them do not scale.
     pub fn app(&self, instances: u64, cpus: f64, mem: f64) -> Result<Value, String> {
         let path = self.repo.join("marathon/kubelet-resource-wrapper.json");
         let text =
@@ -236,14 +261,9 @@ impl Fleet {
         app["cpus"] = json!(cpus);
         app["mem"] = json!(mem);
         app["upgradeStrategy"]["minimumHealthCapacity"] = json!(one_at_a_time(instances));
-        let drain = app["env"]["KRW_DRAIN_TIMEOUT"]
-            .as_str()
-            .and_then(|s| s.parse::<f64>().ok())
-            .unwrap_or(50.0);
         if let Some(env) = app["env"].as_object_mut() {
             env.remove("KRW_KUBELET_ARGS_FILE");
             env.remove("KRW_HEALTH_ADDR");
-            env.insert("KRW_DRAIN_TIMEOUT".into(), json!(secs(drain * self.scale)));
         }
         Ok(app)
     }
@@ -282,12 +302,21 @@ impl Fleet {
 /// The environment a host gives both its `standby` (systemd `EnvironmentFile=`) and, as the Mesos
 /// agent's executor environment, every task: where its settings file is, and the fake kubelet's
 /// view of the host.
-fn host_env(h: &Host) -> Vec<(&'static str, String)> {
+fn host_env(h: &Host, scale: f64) -> Vec<(&'static str, String)> {
     vec![
         ("PATH", "/usr/bin:/bin".into()),
         ("KRW_ENV_FILE", h.env_file().display().to_string()),
         ("FAKE_KUBELET_HOST_ROOT", h.root().display().to_string()),
         ("FAKE_KUBELET_SYNC_INTERVAL_MS", "200".into()),
+        // kubelet's 40 s node Lease (renewed every quarter) and 5 min status report, scaled.
+        (
+            "FAKE_KUBELET_NODE_LEASE_DURATION_SECONDS",
+            ((40.0 * scale).round() as u64).max(1).to_string(),
+        ),
+        (
+            "FAKE_KUBELET_NODE_STATUS_REPORT_FREQUENCY",
+            format!("{}ms", ((300_000.0 * scale) as u64).max(1000)),
+        ),
     ]
 }
 
@@ -335,25 +364,27 @@ fn make_host(
         &json!({
             "apiVersion": "v1", "kind": "Config",
             "clusters": [{"name": "fleet", "cluster": {"server": format!("http://127.0.0.1:{api_port}")}}],
-            "users": [{"name": "node", "user": {}}],
+            "users": [{"name": "node", "user": {"token": format!("node-token-{i}")}}],
             "contexts": [{"name": "fleet", "context": {"cluster": "fleet", "user": "node"}}],
             "current-context": "fleet"
         })
         .to_string(),
     )?;
     let args_file = dir.join("kubelet-args");
+    // kubelet's node status cadence (10 s), scaled like everything else.
     write(
         &args_file,
         &format!(
-            "{}\n--kubeconfig={}\n--hostname-override={}\n",
+            "{}\n--kubeconfig={}\n--hostname-override={}\n--node-status-update-frequency={}ms\n",
             h.root_dir_arg(),
             kubeconfig.display(),
-            h.name
+            h.name,
+            ((10_000.0 * scale) as u64).max(200)
         ),
     )?;
     // The host's settings file (the Ansible role writes /etc/default/kubelet-resource-wrapper).
-    // Timing knobs that pace the agent's own health probing and node checks are scaled like the
-    // app's; the agent's rules are untouched.
+    // The knobs that pace the agent's own health probing and node checks are scaled like the
+    // app's paces; its budgets and rules are untouched.
     let settings = [
         ("KRW_KUBELET", bins.fake_kubelet.display().to_string()),
         ("KRW_KUBELET_ARGS_FILE", args_file.display().to_string()),
@@ -366,9 +397,6 @@ fn make_host(
             dir.join("legacy-services").display().to_string(),
         ),
         ("KRW_LOG_FORMAT", "json".into()),
-        ("KRW_DRAIN_TIMEOUT", secs(25.0 * scale)),
-        // Kept below the scaled drain budget, as the shipped 3 s is below the shipped 50 s.
-        ("KRW_STOP_TIMEOUT", secs((3.0 * scale).max(0.5))),
         ("KRW_HEALTH_PROBE_INTERVAL", secs((5.0 * scale).max(0.2))),
         ("KRW_NODE_CHECK_INTERVAL", secs((10.0 * scale).max(0.2))),
     ];

@@ -1,10 +1,13 @@
-//! A tiny blocking HTTP/1.1 client for loopback (fake Marathon, fake kube-apiserver).
+//! A tiny blocking HTTP/1.1 client for loopback (fake Marathon, fake kube-apiserver as admin).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
 use serde_json::Value;
+
+/// The rehearsal's own identity at the API server (system:masters; the fake Marathon ignores it).
+pub const ADMIN_TOKEN: &str = "fleet-admin";
 
 /// One answer: status and JSON body (`Null` when empty or not JSON); `None` when nothing answered.
 pub fn request(port: u16, method: &str, path: &str, body: Option<&Value>) -> Option<(u16, Value)> {
@@ -23,7 +26,7 @@ pub fn request(port: u16, method: &str, path: &str, body: Option<&Value>) -> Opt
         .ok()?;
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/json\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nAccept: application/json\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
         payload.len()
     )
     .ok()?;

@@ -79,21 +79,24 @@ pub fn kill_reports(work: &Path) -> Vec<(String, Value)> {
     out
 }
 
-/// (evictions, 429 retries) summed over reports: `evicted`, and every numeric field whose name
-/// speaks of 429s or throttling.
-pub fn evictions_and_429(reports: &[(String, Value)]) -> (u64, u64) {
+/// (evictions, 429 retries, evictions forced past a PDB) summed over reports: `evicted`, every
+/// numeric field whose name speaks of 429s or throttling, and `forced_past_pdb`.
+pub fn evictions_and_429(reports: &[(String, Value)]) -> (u64, u64, u64) {
     let mut ev = 0;
     let mut retries = 0;
+    let mut forced = 0;
     for (_, f) in reports {
         let Some(o) = f.as_object() else { continue };
         for (k, v) in o {
             let n = v.as_u64().unwrap_or(0);
             if k == "evicted" {
                 ev += n;
+            } else if k == "forced_past_pdb" {
+                forced += n;
             } else if k.contains("429") || k.contains("throttl") || k.contains("too_many") {
                 retries += n;
             }
         }
     }
-    (ev, retries)
+    (ev, retries, forced)
 }

@@ -95,6 +95,13 @@ pub fn start_time(pid: i32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// The parent of `pid`.
+pub fn ppid(pid: i32) -> Option<i32> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = s.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Every live process as (pid, cmdline with NULs as spaces).
 pub fn processes() -> Vec<(i32, String)> {
     let Ok(dir) = std::fs::read_dir("/proc") else {

@@ -7,7 +7,7 @@ use serde_json::Value;
 use crate::fleet::Fleet;
 use crate::http;
 use crate::logs;
-use crate::procs::{processes, signal};
+use crate::procs::{ppid, processes, signal};
 use crate::watch::{Phase, Watch};
 use crate::workload::{self, Workload};
 
@@ -26,7 +26,12 @@ pub struct Figures {
     pub recovery_s: Option<f64>,
     pub longest_unavailable_s: f64,
     pub evictions: u64,
+    /// 429s the agents report retrying (fields of their kill summaries).
     pub retries_429: u64,
+    /// 429s the API server sent (API Priority and Fairness), to anyone.
+    pub apf_429: u64,
+    /// Evictions the agents forced past a PodDisruptionBudget.
+    pub forced_past_pdb: u64,
     pub min_schedulable: Option<usize>,
     pub missing_pods: u64,
     pub failure: Option<String>,
@@ -51,9 +56,11 @@ impl Figures {
         }
         opt(&mut s, "recovery_s", self.recovery_s);
         s.push_str(&format!(
-            " longest_unavailable_s={:.1} evictions={} retries_429={} min_schedulable={} missing_pods={}",
+            " longest_unavailable_s={:.1} evictions={} forced_past_pdb={} apiserver_429={} agent_429_retries={} min_schedulable={} missing_pods={}",
             self.longest_unavailable_s,
             self.evictions,
+            self.forced_past_pdb,
+            self.apf_429,
             self.retries_429,
             self.min_schedulable.map_or("-".to_string(), |m| m.to_string()),
             self.missing_pods
@@ -74,7 +81,8 @@ pub struct Rehearsal<'a> {
     /// The lease per node: (cpus, mem MiB).
     pub lease: (f64, f64),
     pub settle: Duration,
-    reports_seen: usize,
+    /// Sandboxes whose kill summary was already counted (one summary per task).
+    reports_seen: std::collections::BTreeSet<String>,
 }
 
 fn unix_now() -> f64 {
@@ -106,7 +114,16 @@ impl<'a> Rehearsal<'a> {
             instances,
             lease: (2.0, 4096.0),
             settle,
-            reports_seen: 0,
+            reports_seen: Default::default(),
+        }
+    }
+
+    /// The lease a resize moves to: 3 cpus / 6 GiB from the initial 2 / 4 GiB, and back.
+    fn other_lease(&self) -> (f64, f64) {
+        if self.lease == (2.0, 4096.0) {
+            (3.0, 6144.0)
+        } else {
+            (2.0, 4096.0)
         }
     }
 
@@ -127,6 +144,8 @@ impl<'a> Rehearsal<'a> {
             roll,
             voluntary,
         });
+        let apf = "/debug/fake-apiserver/apf?reset=true";
+        let _ = http::get(self.fleet.api_port, apf);
         let t0 = unix_now();
         let start = Instant::now();
         let mut f = Figures {
@@ -135,8 +154,8 @@ impl<'a> Rehearsal<'a> {
         };
         let result = match name {
             "scale-up" => self.scale_up(&mut f),
-            "roll" => self.resize(&mut f, (3.0, 6144.0), false),
-            "api-outage" => self.resize(&mut f, (2.0, 4096.0), true),
+            "roll" => self.resize(&mut f, self.other_lease(), false),
+            "api-outage" => self.resize(&mut f, self.other_lease(), true),
             "sigkill" => self.sigkill(&mut f),
             "scale-down" => self.scale_down(&mut f),
             other => Err(format!("unknown scenario {other:?}")),
@@ -149,10 +168,14 @@ impl<'a> Rehearsal<'a> {
         let tally = self.watch.end();
         f.longest_unavailable_s = tally.phase_longest_unavailable;
         f.min_schedulable = tally.phase_min_schedulable;
-        let reports = logs::kill_reports(&self.fleet.work);
-        let new: Vec<_> = reports.into_iter().skip(self.reports_seen).collect();
-        self.reports_seen += new.len();
-        (f.evictions, f.retries_429) = logs::evictions_and_429(&new);
+        let new: Vec<_> = logs::kill_reports(&self.fleet.work)
+            .into_iter()
+            .filter(|r| self.reports_seen.insert(r.0.clone()))
+            .collect();
+        (f.evictions, f.retries_429, f.forced_past_pdb) = logs::evictions_and_429(&new);
+        f.apf_429 = http::get(self.fleet.api_port, apf)
+            .and_then(|v| v["rejected"].as_u64())
+            .unwrap_or(0);
         if f.roll_s.is_some() {
             let ev = logs::events(&self.fleet.events, t0, unix_now());
             f.budget = Some(logs::roll_budget(&ev));
@@ -171,7 +194,7 @@ impl<'a> Rehearsal<'a> {
             missing == 0
         });
         if missing == 0 {
-            self.watch.arm_pdbs();
+            self.watch.arm_pdbs(&self.workloads);
         }
         missing
     }
@@ -249,7 +272,9 @@ impl<'a> Rehearsal<'a> {
             if !first_kill {
                 return Err("the roll never killed a task".into());
             }
-            let down = Duration::from_secs_f64((60.0 * self.fleet.scale).max(3.0));
+            // A 30 s outage (scaled): shorter than the node monitor grace, so no node goes
+            // NotReady for it; long enough to cover a drain.
+            let down = Duration::from_secs_f64((30.0 * self.fleet.scale).max(2.0));
             std::fs::write(&self.fleet.api_fault, "down")
                 .map_err(|e| format!("fault file: {e}"))?;
             std::thread::sleep(down);
@@ -311,10 +336,22 @@ impl<'a> Rehearsal<'a> {
         }
         let n = self.instances as usize;
         let timeout = Duration::from_secs_f64(self.deploy_timeout());
+        let killed_at = unix_now();
+        let events = &self.fleet.events;
+        let seen = self.watch.tally().samples;
+        // Marathon saw the task fail and launched a replacement that turned healthy; then the
+        // fleet is back at N schedulable nodes in a sample taken after that.
         let relaunched = wait(timeout, || {
-            let t = self.watch.tally();
-            t.schedulable_now >= n && self.watch.leased_hosts().len() >= n
-        });
+            logs::events(events, killed_at, unix_now())
+                .iter()
+                .any(|e| e["event"] == "health" && e["healthy"] == true)
+        }) && {
+            let healthy_seen = self.watch.tally().samples;
+            wait(timeout, || {
+                let t = self.watch.tally();
+                t.samples > healthy_seen.max(seen) + 1 && t.schedulable_now >= n
+            })
+        };
         if !relaunched {
             return Err("Marathon did not relaunch the task".into());
         }
@@ -339,12 +376,6 @@ impl<'a> Rehearsal<'a> {
         f.recovery_s = Some(start.elapsed().as_secs_f64());
         Ok(())
     }
-}
-
-fn ppid(pid: i32) -> Option<i32> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = s.rsplit_once(')')?;
-    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Resident memory (MiB) summed over every agent process (`run` and `standby`) of the fleet.

@@ -7,11 +7,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use kubelet_resource_wrapper::quantity::{parse_bytes, parse_cpu_millicores};
 use serde_json::Value;
 
 use crate::fleet::{Fleet, Host, host_pods};
 use crate::http;
-use crate::procs::{alive, processes, start_time};
+use crate::procs::{alive, ppid, processes, start_time};
+use crate::workload::{Workload, pdb_health};
 
 /// A pod process on a lease-less host is an orphan once it outlives this (the standby kubelet
 /// needs a sync and the pod's termination grace to kill what a SIGKILLed agent left).
@@ -39,6 +41,8 @@ pub struct Tally {
     pub double_kubelets: u64,
     pub orphan_pods: u64,
     pub api_misses: u64,
+    /// API samples taken so far (to wait for a fresh one).
+    pub samples: u64,
     /// Longest unschedulable stretch of a lease-holding node in this phase (seconds).
     pub phase_longest_unavailable: f64,
     pub notes: Vec<String>,
@@ -56,8 +60,10 @@ struct Shared {
     /// host → the lease (cpu millicores, memory bytes) of the task on it; killing tasks included.
     leases: BTreeMap<String, (u64, u64)>,
     lease_known: bool,
-    /// PDBs are judged only once every workload has been complete (a fresh PDB starts at 0).
-    pdb_armed: bool,
+    /// The first roll dip below N − 1 of the phase was described in a note.
+    noted_roll_dip: bool,
+    /// The PDB-guarded workloads, judged once every workload has been complete.
+    pdb_workloads: Vec<Workload>,
 }
 
 /// The sampler threads; stopped on drop.
@@ -110,6 +116,7 @@ impl Watch {
         g.tally.phase_min_schedulable = None;
         g.tally.phase_longest_unavailable = 0.0;
         g.down_since.clear();
+        g.noted_roll_dip = false;
     }
 
     /// Ends the phase: closes the unavailability of nodes that still hold a lease.
@@ -130,8 +137,11 @@ impl Watch {
     }
 
     /// From now on a PDB below its desired healthy count is a violation (in voluntary phases).
-    pub fn arm_pdbs(&self) {
-        self.lock().pdb_armed = true;
+    pub fn arm_pdbs(&self, workloads: &[Workload]) {
+        let mut g = self.lock();
+        if g.pdb_workloads.is_empty() {
+            g.pdb_workloads = workloads.to_vec();
+        }
     }
 
     /// The figures so far.
@@ -152,33 +162,6 @@ impl Drop for Watch {
             let _ = t.join();
         }
     }
-}
-
-/// A Kubernetes CPU quantity in millicores.
-pub fn cpu_millis(q: &str) -> Option<u64> {
-    match q.strip_suffix('m') {
-        Some(m) => m.parse().ok(),
-        None => q.parse::<f64>().ok().map(|c| (c * 1000.0).round() as u64),
-    }
-}
-
-/// A Kubernetes memory quantity in bytes (plain, Ki/Mi/Gi/Ti, k/M/G).
-pub fn mem_bytes(q: &str) -> Option<u64> {
-    let units = [
-        ("Ki", 1u64 << 10),
-        ("Mi", 1 << 20),
-        ("Gi", 1 << 30),
-        ("Ti", 1 << 40),
-        ("k", 1000),
-        ("M", 1_000_000),
-        ("G", 1_000_000_000),
-    ];
-    for (suffix, mult) in units {
-        if let Some(n) = q.strip_suffix(suffix) {
-            return n.parse::<u64>().ok().map(|n| n * mult);
-        }
-    }
-    q.parse().ok()
 }
 
 fn leases(marathon: u16) -> Option<BTreeMap<String, (u64, u64)>> {
@@ -206,7 +189,12 @@ fn ready(node: &Value) -> bool {
 fn sample_api(shared: &Mutex<Shared>, api: u16, marathon: u16) {
     let leases_now = leases(marathon);
     let nodes = http::get(api, "/api/v1/nodes");
-    let pdbs = http::get(api, "/apis/policy/v1/poddisruptionbudgets");
+    let guarded = shared
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .pdb_workloads
+        .clone();
+    let pdbs = pdb_health(api, &guarded);
     let mut g = shared.lock().unwrap_or_else(|p| p.into_inner());
     // Marathon has no app yet (404): no host holds a lease.
     g.leases = leases_now.unwrap_or_default();
@@ -215,18 +203,21 @@ fn sample_api(shared: &Mutex<Shared>, api: u16, marathon: u16) {
         g.tally.api_misses += 1;
         return;
     };
+    g.tally.samples += 1;
     let now = Instant::now();
     let mut schedulable = 0;
-    let mut seen = BTreeSet::new();
+    let mut down = Vec::new();
     for n in nodes["items"].as_array().into_iter().flatten() {
         let Some(name) = n["metadata"]["name"].as_str() else {
             continue;
         };
-        seen.insert(name.to_string());
         let alloc = &n["status"]["allocatable"];
         let matches = g.leases.get(name).is_some_and(|(cpu, mem)| {
-            alloc["cpu"].as_str().and_then(cpu_millis) == Some(*cpu)
-                && alloc["memory"].as_str().and_then(mem_bytes) == Some(*mem)
+            alloc["cpu"]
+                .as_str()
+                .and_then(|q| parse_cpu_millicores(q).ok())
+                == Some(*cpu)
+                && alloc["memory"].as_str().and_then(|q| parse_bytes(q).ok()) == Some(*mem)
         });
         let ok = ready(n) && n["spec"]["unschedulable"] != Value::Bool(true) && matches;
         if ok {
@@ -237,9 +228,28 @@ fn sample_api(shared: &Mutex<Shared>, api: u16, marathon: u16) {
             }
         } else if g.leases.contains_key(name) || g.down_since.contains_key(name) {
             g.down_since.entry(name.to_string()).or_insert(now);
+            let why = if !g.leases.contains_key(name) {
+                "no lease"
+            } else if !ready(n) {
+                "not Ready"
+            } else if n["spec"]["unschedulable"] == Value::Bool(true) {
+                "cordoned"
+            } else {
+                "allocatable != lease"
+            };
+            down.push(format!("{name} {why}"));
         }
     }
     g.tally.schedulable_now = schedulable;
+    let expected = g.leases.len();
+    if g.phase.roll && schedulable + 1 < expected && !g.noted_roll_dip {
+        g.noted_roll_dip = true;
+        let phase = g.phase.name.clone();
+        g.tally.notes.push(format!(
+            "{phase}: {schedulable} of {expected} nodes schedulable: {}",
+            down.join(", ")
+        ));
+    }
     if !g.phase.name.is_empty() {
         let m = g
             .tally
@@ -254,11 +264,8 @@ fn sample_api(shared: &Mutex<Shared>, api: u16, marathon: u16) {
             g.tally.min_schedulable_roll = Some(r);
         }
     }
-    for p in pdbs["items"].as_array().into_iter().flatten() {
-        let name = p["metadata"]["name"].as_str().unwrap_or("").to_string();
-        let cur = p["status"]["currentHealthy"].as_i64().unwrap_or(0);
-        let want = p["status"]["desiredHealthy"].as_i64().unwrap_or(0);
-        if cur < want && g.phase.voluntary && g.pdb_armed {
+    for (name, cur, want) in pdbs {
+        if cur < want && g.phase.voluntary {
             if g.violated.insert(name.clone()) {
                 g.tally.pdb_violations += 1;
                 let phase = g.phase.name.clone();
@@ -270,6 +277,16 @@ fn sample_api(shared: &Mutex<Shared>, api: u16, marathon: u16) {
             g.violated.remove(&name);
         }
     }
+}
+
+fn threads(pid: i32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 fn sample_procs(shared: &Mutex<Shared>, hosts: &[Host]) {
@@ -286,12 +303,27 @@ fn sample_procs(shared: &Mutex<Shared>, hosts: &[Host]) {
     let mut orphans = Vec::new();
     for h in hosts {
         let needle = format!("{} ", h.root_dir_arg());
-        let kubelets = procs
-            .iter()
-            .filter(|(_, c)| c.contains("fake-kubelet") && c.contains(&needle))
-            .count();
-        if kubelets > 1 {
-            doubles.push((h.name.clone(), kubelets));
+        let is_kubelet = |c: &str| c.contains("fake-kubelet") && c.contains(&needle);
+        let mut candidates: Vec<&(i32, String)> =
+            procs.iter().filter(|(_, c)| is_kubelet(c)).collect();
+        if candidates.len() > 1 {
+            // A pod process between kubelet's double fork and its exec still shows kubelet's
+            // command line: it is single-threaded and already reparented to init.
+            candidates.retain(|(pid, _)| !(ppid(*pid) == Some(1) && threads(*pid) == Some(1)));
+        }
+        let kubelets: Vec<String> = candidates
+            .into_iter()
+            .map(|(pid, c)| {
+                let zero = c.contains("--max-pods=0");
+                format!(
+                    "pid {pid} (parent {}{})",
+                    ppid(*pid).unwrap_or(0),
+                    if zero { ", --max-pods=0" } else { "" }
+                )
+            })
+            .collect();
+        if kubelets.len() > 1 {
+            doubles.push((h.name.clone(), kubelets.join(" and ")));
         }
         if lease_known && !leased.contains(&h.name) {
             for (pid, start) in host_pods(&h.kubelet_dir()) {
@@ -302,10 +334,13 @@ fn sample_procs(shared: &Mutex<Shared>, hosts: &[Host]) {
         }
     }
     let mut g = shared.lock().unwrap_or_else(|p| p.into_inner());
-    for (host, n) in doubles {
+    for (host, which) in doubles {
         if g.doubled.insert(host.clone()) {
             g.tally.double_kubelets += 1;
-            g.tally.notes.push(format!("{host}: {n} kubelets at once"));
+            let phase = g.phase.name.clone();
+            g.tally
+                .notes
+                .push(format!("{phase}: two kubelets at once on {host}: {which}"));
         }
     }
     let current: BTreeSet<(i32, u64)> = orphans.iter().map(|(_, p, s)| (*p, *s)).collect();

@@ -83,29 +83,59 @@ fn post(api: u16, path: &str, body: &Value) -> Result<(), String> {
     }
 }
 
+fn pods(api: u16, w: &Workload) -> Option<Vec<Value>> {
+    let list = http::get(
+        api,
+        &format!(
+            "/api/v1/namespaces/default/pods?labelSelector=app%3D{}",
+            w.name
+        ),
+    )?;
+    Some(list["items"].as_array().cloned().unwrap_or_default())
+}
+
+fn running(p: &Value) -> bool {
+    p["status"]["phase"] == "Running"
+        && p["spec"]["nodeName"].is_string()
+        && p["metadata"]["deletionTimestamp"].is_null()
+}
+
+fn ready(p: &Value) -> bool {
+    running(p)
+        && p["status"]["conditions"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+}
+
 /// For each workload: (name, wanted, running) where running counts pods bound to a node, phase
 /// Running and not terminating. `None` if the API server does not answer.
 pub fn status(api: u16, workloads: &[Workload]) -> Option<Vec<(String, u64, u64)>> {
     let mut out = Vec::new();
     for w in workloads {
-        let pods = http::get(
-            api,
-            &format!(
-                "/api/v1/namespaces/default/pods?labelSelector=app%3D{}",
-                w.name
-            ),
-        )?;
-        let running = pods["items"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|p| {
-                p["status"]["phase"] == "Running"
-                    && p["spec"]["nodeName"].is_string()
-                    && p["metadata"]["deletionTimestamp"].is_null()
-            })
-            .count() as u64;
-        out.push((w.name.clone(), w.replicas, running));
+        let n = pods(api, w)?.iter().filter(|p| running(p)).count() as u64;
+        out.push((w.name.clone(), w.replicas, n));
+    }
+    Some(out)
+}
+
+/// Each PDB as upstream's disruption controller judges it (`pkg/controller/disruption`,
+/// `getExpectedPodCount`): `maxUnavailable` against the ReplicaSet's scale, an integer
+/// `minAvailable` as given; healthy = Ready and not terminating. (name, healthy, desired).
+pub fn pdb_health(api: u16, workloads: &[Workload]) -> Option<Vec<(String, u64, u64)>> {
+    let mut out = Vec::new();
+    for w in workloads {
+        let Some(budget) = &w.pdb else { continue };
+        let desired = match (
+            budget["maxUnavailable"].as_u64(),
+            budget["minAvailable"].as_u64(),
+        ) {
+            (Some(mu), _) => w.replicas.saturating_sub(mu),
+            (None, Some(ma)) => ma,
+            _ => 0,
+        };
+        let healthy = pods(api, w)?.iter().filter(|p| ready(p)).count() as u64;
+        out.push((w.name.clone(), healthy, desired));
     }
     Some(out)
 }
