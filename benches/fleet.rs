@@ -14,7 +14,11 @@ fn field(line: &str, key: &str) -> Option<f64> {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; nothing else is taken from the command line.
+    // `cargo bench` passes `--bench`; under `cargo test --all-targets` it is absent: do nothing.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("fleet bench: run with `cargo bench --bench fleet`");
+        return;
+    }
     let hosts = std::env::var("FLEET_BENCH_HOSTS").unwrap_or_else(|_| "50".into());
     let scenarios =
         std::env::var("FLEET_BENCH_SCENARIOS").unwrap_or_else(|_| "roll,sigkill,scale-down".into());
