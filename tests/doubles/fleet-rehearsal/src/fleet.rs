@@ -99,11 +99,27 @@ pub struct Options {
     pub apiserver_args: Vec<String>,
 }
 
-fn free_port() -> Result<u16, String> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("no free port: {e}"))
+/// A free loopback port for a host's health check, taken below the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`): a port the kernel may hand to any outgoing connection or
+/// `:0` bind could be taken between now and the agent's bind, and the agent would exit 78.
+fn health_port(i: usize, taken: &[u16]) -> Result<u16, String> {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let (start, span) = (low.saturating_sub(12_000).max(1024), 11_000u32);
+    // Spread concurrent rehearsals apart by pid; probe until a port binds.
+    let base = std::process::id().wrapping_mul(2_654_435_761) % span;
+    for k in 0..span {
+        let port = start + (base + i as u32 * 7 + k) % span;
+        let Ok(port) = u16::try_from(port) else {
+            continue;
+        };
+        if !taken.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err("no free loopback port below the ephemeral range".into())
 }
 
 fn write(path: &Path, text: &str) -> Result<(), String> {
@@ -180,7 +196,8 @@ impl Fleet {
 
         let mut hosts = Vec::new();
         for i in 0..opts.hosts {
-            hosts.push(make_host(work, i, api_port, opts.scale, &bins)?);
+            let taken: Vec<u16> = hosts.iter().map(|h: &Host| h.health_port).collect();
+            hosts.push(make_host(work, i, api_port, opts.scale, &bins, &taken)?);
         }
         for h in &mut hosts {
             let mut cmd = Command::new(&bins.agent);
@@ -326,6 +343,7 @@ fn make_host(
     api_port: u16,
     scale: f64,
     bins: &Bins,
+    taken: &[u16],
 ) -> Result<Host, String> {
     let name = format!("node-{i}");
     let dir = work.join("hosts").join(&name);
@@ -338,7 +356,7 @@ fn make_host(
         cpus,
         mem_gib,
         hugepages_gib,
-        health_port: free_port()?,
+        health_port: health_port(i, taken)?,
         standby_pid: 0,
     };
     for sub in ["kubelet", "sandboxes"] {
