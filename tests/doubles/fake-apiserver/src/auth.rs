@@ -103,6 +103,8 @@ pub struct Attrs {
     pub namespace: String,
     pub name: String,
     pub qualified: String,
+    /// Equality requirements of a list/watch `fieldSelector` (`k=v` / `k==v`).
+    pub fields: Vec<(String, String)>,
 }
 
 impl Attrs {
@@ -117,6 +119,7 @@ impl Attrs {
             namespace: String::new(),
             name: String::new(),
             qualified: String::new(),
+            fields: Vec::new(),
         }
     }
     pub fn resource(verb: &str, def: &ResourceDef, ns: &str, name: &str, sub: &str) -> Self {
@@ -130,7 +133,30 @@ impl Attrs {
             namespace: ns.into(),
             name: name.into(),
             qualified: def.qualified(),
+            fields: Vec::new(),
         }
+    }
+
+    /// Add a list/watch field selector. Like the RequestInfoFactory, a `metadata.name`
+    /// requirement becomes the request's name.
+    pub fn with_field_selector(mut self, selector: &str) -> Self {
+        if !matches!(self.verb.as_str(), "list" | "watch") {
+            return self;
+        }
+        for req in selector.split(',') {
+            if let Some((k, v)) = req.split_once("==").or_else(|| req.split_once('='))
+                && !k.ends_with('!')
+            {
+                self.fields
+                    .push((k.trim().to_string(), v.trim().to_string()));
+            }
+        }
+        if self.name.is_empty()
+            && let Some((_, v)) = self.fields.iter().find(|(k, _)| k == "metadata.name")
+        {
+            self.name = v.clone();
+        }
+        self
     }
     fn full_resource(&self) -> String {
         if self.subresource.is_empty() {
@@ -154,6 +180,7 @@ fn discovery_path(path: &str) -> bool {
         || path.starts_with("/readyz/")
 }
 
+/// The authorization 403 (responsewriters `forbiddenMessage`), with the authorizers' reason.
 pub fn forbidden(user: &User, a: &Attrs, why: &str) -> ApiError {
     let mut msg = if a.resource_request {
         let scope = if a.namespace.is_empty() {
@@ -197,6 +224,7 @@ pub fn admission_forbidden(def: &ResourceDef, name: &str, reason: &str) -> ApiEr
         .with_details(details(name, def.group, def.plural))
 }
 
+/// Authorize a request: system:masters, discovery paths, the Node authorizer, then RBAC.
 pub fn authorize(st: &State, user: &User, a: &Attrs) -> Result<(), ApiError> {
     if user.is_master() {
         return Ok(());
@@ -208,7 +236,7 @@ pub fn authorize(st: &State, user: &User, a: &Attrs) -> Result<(), ApiError> {
     // the authorizers gave (union.go joins them; RBAC gives none for "no rule matched").
     let mut why = String::new();
     if let Some(node) = user.node_name() {
-        match node_authorizer(node, a) {
+        match node_authorizer(st, node, a) {
             Ok(()) => return Ok(()),
             Err(reason) => why = reason,
         }
@@ -241,18 +269,157 @@ fn authorize_lease(node: &str, a: &Attrs) -> Result<(), String> {
     Ok(())
 }
 
+/// AuthorizeNodeWithSelectors (beta, on by default since 1.32), node_authorizer.go
+/// `authorizeNode`: a node writes any Node (NodeRestriction limits it to its own) but
+/// reads only its own, by name or `metadata.name` field selector.
+fn authorize_node(node: &str, a: &Attrs) -> Result<(), String> {
+    match (a.subresource.as_str(), a.verb.as_str()) {
+        ("", "create" | "update" | "patch") | ("status", "update" | "patch") => Ok(()),
+        ("", "get" | "list" | "watch") => {
+            if a.name == node {
+                Ok(())
+            } else if a.name.is_empty() {
+                Err(format!(
+                    "node '{node}' cannot read all nodes, only its own Node object"
+                ))
+            } else {
+                Err(format!(
+                    "node '{node}' cannot read '{}', only its own Node object",
+                    a.name
+                ))
+            }
+        }
+        _ => Err(String::new()),
+    }
+}
+
+/// `authorizePod`: get only pods bound to the node (the graph; a missing pod has no
+/// relationship either, so it is 403 rather than 404), list/watch only with
+/// `spec.nodeName=<node>`, create/delete (mirror pods; NodeRestriction limits them),
+/// status update/patch and eviction create.
+fn authorize_pod(st: &State, node: &str, a: &Attrs) -> Result<(), String> {
+    let related = || {
+        st.get(crate::resources::PODS, &a.namespace, &a.name)
+            .and_then(|p| p.pointer("/spec/nodeName"))
+            .and_then(Value::as_str)
+            == Some(node)
+    };
+    let no_relation = || format!("no relationship found between node '{node}' and this object");
+    match (a.subresource.as_str(), a.verb.as_str()) {
+        ("", "get") if related() => Ok(()),
+        ("", "get") => Err(no_relation()),
+        ("", "list" | "watch") => {
+            if a.fields
+                .iter()
+                .any(|(k, v)| k == "spec.nodeName" && v == node)
+            {
+                Ok(())
+            } else if !a.name.is_empty() {
+                if related() {
+                    Ok(())
+                } else {
+                    Err(no_relation())
+                }
+            } else {
+                Err("can only list/watch pods with spec.nodeName field selector".into())
+            }
+        }
+        ("", "create" | "delete") | ("status", "update" | "patch") | ("eviction", "create") => {
+            Ok(())
+        }
+        _ => Err(String::new()),
+    }
+}
+
+/// `authorizeReadNamespacedObject` for secrets and configmaps: get/list/watch of one
+/// named object that a pod bound to the node references (volumes, env, envFrom,
+/// imagePullSecrets: the graph's edges, pkg/auth/nodeidentifier + graph_populator.go).
+fn authorize_referenced(st: &State, node: &str, a: &Attrs) -> Result<(), String> {
+    if !matches!(a.verb.as_str(), "get" | "list" | "watch") {
+        return Err("can only read resources of this type".into());
+    }
+    if !a.subresource.is_empty() {
+        return Err("cannot read subresource".into());
+    }
+    if a.namespace.is_empty() {
+        return Err("can only read namespaced object of this type".into());
+    }
+    if a.name.is_empty() {
+        return Err("No Object name found".into());
+    }
+    let secret = a.resource == "secrets";
+    let refs = |pod: &Value| -> bool {
+        let name = a.name.as_str();
+        let spec = &pod["spec"];
+        let vol = spec["volumes"].as_array().into_iter().flatten().any(|v| {
+            if secret {
+                v.pointer("/secret/secretName").and_then(Value::as_str) == Some(name)
+            } else {
+                v.pointer("/configMap/name").and_then(Value::as_str) == Some(name)
+            }
+        });
+        let (env_key, from_key) = if secret {
+            ("secretKeyRef", "secretRef")
+        } else {
+            ("configMapKeyRef", "configMapRef")
+        };
+        let containers = ["containers", "initContainers"]
+            .iter()
+            .flat_map(|k| spec[*k].as_array().into_iter().flatten());
+        let env = containers.clone().any(|c| {
+            c["env"].as_array().into_iter().flatten().any(|e| {
+                e.pointer(&format!("/valueFrom/{env_key}/name"))
+                    .and_then(Value::as_str)
+                    == Some(name)
+            }) || c["envFrom"].as_array().into_iter().flatten().any(|e| {
+                e.pointer(&format!("/{from_key}/name"))
+                    .and_then(Value::as_str)
+                    == Some(name)
+            })
+        });
+        let pull = secret
+            && spec["imagePullSecrets"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|s| s.get("name").and_then(Value::as_str) == Some(name));
+        vol || env || pull
+    };
+    let related = st
+        .list(crate::resources::PODS, Some(&a.namespace))
+        .into_iter()
+        .any(|p| p.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node) && refs(p));
+    if related {
+        Ok(())
+    } else {
+        Err(format!(
+            "no relationship found between node '{node}' and this object"
+        ))
+    }
+}
+
 /// The namespace of node Leases (`api.NamespaceNodeLease`).
 pub const NODE_LEASE_NS: &str = "kube-node-lease";
 
 /// Node authorizer + the bootstrap NodeRules it is paired with. Object-level limits
 /// (own node, own pods) are NodeRestriction admission, checked by the handlers.
 /// `Err` carries the authorizer's reason for having no opinion (may be empty).
-fn node_authorizer(node: &str, a: &Attrs) -> Result<(), String> {
+fn node_authorizer(st: &State, node: &str, a: &Attrs) -> Result<(), String> {
     if !a.resource_request {
         return Err(String::new());
     }
     if a.group == "coordination.k8s.io" && a.resource == "leases" {
         return authorize_lease(node, a);
+    }
+    if st.node_selectors && a.group.is_empty() {
+        match a.resource.as_str() {
+            "nodes" => return authorize_node(node, a),
+            "pods" => return authorize_pod(st, node, a),
+            _ => {}
+        }
+    }
+    if a.group.is_empty() && matches!(a.resource.as_str(), "secrets" | "configmaps") {
+        return authorize_referenced(st, node, a);
     }
     let v = a.verb.as_str();
     let read = matches!(v, "get" | "list" | "watch");
@@ -270,7 +437,6 @@ fn node_authorizer(node: &str, a: &Attrs) -> Result<(), String> {
             matches!(v, "create" | "update" | "patch")
         }
         ("", "services", "") => read,
-        ("", "configmaps" | "secrets", "") => read,
         _ => false,
     };
     if allowed { Ok(()) } else { Err(String::new()) }
@@ -574,6 +740,7 @@ pub fn admit_pod_create(
     Ok(())
 }
 
+/// NodeRestriction for pod deletes by a node: only pods bound to it.
 pub fn admit_pod_delete(def: &ResourceDef, node: &str, pod: &Value) -> Result<(), ApiError> {
     if pod_node(pod) != node {
         return Err(admission_forbidden(
@@ -585,6 +752,7 @@ pub fn admit_pod_delete(def: &ResourceDef, node: &str, pod: &Value) -> Result<()
     Ok(())
 }
 
+/// NodeRestriction for pod status updates by a node: only its pods, no label changes.
 pub fn admit_pod_status(
     def: &ResourceDef,
     node: &str,
@@ -632,6 +800,7 @@ pub fn admit_lease(def: &ResourceDef, node: &str, ns: &str, name: &str) -> Resul
     Ok(())
 }
 
+/// NodeRestriction for evictions by a node: only pods bound to it.
 pub fn admit_pod_eviction(def: &ResourceDef, node: &str, pod: &Value) -> Result<(), ApiError> {
     if pod_node(pod) != node {
         return Err(admission_forbidden(

@@ -108,6 +108,19 @@ struct Args {
         default_value_t = 60.0
     )]
     node_startup_grace_period_s: f64,
+    /// Turn off the Node authorizer's AuthorizeNodeWithSelectors rules (beta, on by
+    /// default since Kubernetes 1.32): nodes may then list/watch all nodes and pods.
+    #[arg(long, env = "FAKE_APISERVER_NO_AUTHORIZE_NODE_WITH_SELECTORS")]
+    no_authorize_node_with_selectors: bool,
+    /// kube-apiserver --etcd-compaction-interval, in seconds: each tick compacts to the
+    /// revision seen at the previous one, so watches and continue tokens from before get
+    /// 410 Expired. 0 = never.
+    #[arg(
+        long,
+        env = "FAKE_APISERVER_COMPACTION_INTERVAL_S",
+        default_value_t = 300.0
+    )]
+    compaction_interval_s: f64,
     /// Log every request to stderr.
     #[arg(long)]
     log_requests: bool,
@@ -169,7 +182,11 @@ fn run(args: Args) -> Result<(), String> {
         server_version: args.server_version.clone(),
         log_requests: args.log_requests,
     }));
-    app.lock().history_limit = args.watch_history;
+    {
+        let mut st = app.lock();
+        st.history_limit = args.watch_history;
+        st.node_selectors = !args.no_authorize_node_with_selectors;
+    }
     if let Some(p) = &args.seed {
         let text =
             std::fs::read_to_string(p).map_err(|e| format!("reading {}: {e}", p.display()))?;
@@ -233,6 +250,19 @@ async fn serve(app: Arc<App>, args: Args) -> Result<(), String> {
         }
     };
     tokio::pin!(shutdown);
+    if args.compaction_interval_s > 0.0 {
+        let every = Duration::try_from_secs_f64(args.compaction_interval_s)
+            .map_err(|e| format!("--compaction-interval-s: {e}"))?;
+        let app = app.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                app.lock().compact();
+            }
+        });
+    }
     let settings = app.controllers.lock().map(|c| c.settings.clone());
     if let Ok(settings) = settings
         && settings.any()

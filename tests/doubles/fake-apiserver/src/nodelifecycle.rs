@@ -15,13 +15,21 @@
 //! latter with timeAdded); pressure conditions → their NoSchedule taints;
 //! `spec.unschedulable` → `node.kubernetes.io/unschedulable:NoSchedule`. They are removed
 //! when the condition clears (the kubelet posting Ready=True again).
-//! Left out: the taint-eviction of pods on NoExecute nodes after their toleration
-//! seconds, zone-based rate limiting, and the DefaultTolerationSeconds admission.
+//!
+//! Taint eviction (pkg/controller/tainteviction/taint_eviction.go): a pod bound to a node
+//! with a NoExecute taint it does not tolerate is deleted (gracefully, after a
+//! `DisruptionTarget` condition with reason `DeletionByTaintManager`); one tolerating it
+//! for `tolerationSeconds` is deleted once `timeAdded + tolerationSeconds` has passed (the
+//! shortest of its matching tolerations); one tolerating it without a limit stays. Terminal
+//! and terminating pods are left alone.
+//! Left out: zone-based rate limiting of evictions.
 
 use crate::auth::NODE_LEASE_NS;
-use crate::controllers::{Stats, set_condition};
-use crate::resources::{LEASES, NODES};
-use crate::store::State;
+use crate::controllers::{Stats, is_terminal, set_condition};
+use crate::resources::{self, LEASES, NODES, PODS};
+use crate::scheduler::tolerates;
+use crate::server;
+use crate::store::{State, is_terminating};
 use crate::util::{meta_str, parse_rfc3339, rfc3339};
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -243,12 +251,127 @@ impl NodeLifecycle {
                 st.replace(NODES, new);
             }
         }
+        taint_eviction(st, now_ms, stats);
+    }
+}
+
+/// When a pod on a NoExecute-tainted node must go: `Some(0)` now, `Some(t)` at unix ms
+/// `t`, `None` never (tolerated without a limit).
+fn eviction_due(pod: &Value, taints: &[Value]) -> Option<i64> {
+    let mut due: Option<i64> = None;
+    for t in taints {
+        let added = t
+            .get("timeAdded")
+            .and_then(Value::as_str)
+            .and_then(parse_rfc3339)
+            .map(|s| s * 1000)
+            .unwrap_or(0);
+        let tols: Vec<&Value> = pod
+            .pointer("/spec/tolerations")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|tol| tolerates(&json!({"spec": {"tolerations": [tol]}}), t))
+            .collect();
+        let this = if tols.is_empty() {
+            Some(0)
+        } else if tols
+            .iter()
+            .any(|tol| tol.get("tolerationSeconds").is_none())
+        {
+            None
+        } else {
+            tols.iter()
+                .filter_map(|tol| tol.get("tolerationSeconds").and_then(Value::as_i64))
+                .min()
+                .map(|secs| added + secs.max(0) * 1000)
+        };
+        due = match (due, this) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    due
+}
+
+fn taint_eviction(st: &mut State, now_ms: i64, stats: &mut Stats) {
+    let tainted: HashMap<String, Vec<Value>> = st
+        .list(NODES, None)
+        .into_iter()
+        .filter_map(|n| {
+            let ts: Vec<Value> = n
+                .pointer("/spec/taints")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter(|t| t.get("effect").and_then(Value::as_str) == Some("NoExecute"))
+                .cloned()
+                .collect();
+            (!ts.is_empty()).then(|| (meta_str(n, "name").to_string(), ts))
+        })
+        .collect();
+    if tainted.is_empty() {
+        return;
+    }
+    let doomed: Vec<Value> = st
+        .list(PODS, None)
+        .into_iter()
+        .filter(|p| !is_terminal(p) && !is_terminating(p))
+        .filter(|p| {
+            let node = p
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            tainted
+                .get(node)
+                .and_then(|ts| eviction_due(p, ts))
+                .is_some_and(|due| due <= now_ms)
+        })
+        .cloned()
+        .collect();
+    let def = resources::storage_def(PODS);
+    for mut pod in doomed {
+        set_condition(
+            &mut pod,
+            json!({"type": "DisruptionTarget", "status": "True", "lastProbeTime": null,
+                "reason": "DeletionByTaintManager",
+                "message": "Taint manager: deleting due to NoExecute taint"}),
+            &rfc3339(now_ms / 1000),
+        );
+        let pod = st.replace(PODS, pod);
+        server::delete_pod(st, def, pod, None);
+        stats.pods_deleted += 1;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn eviction_due_by_tolerations() {
+        let taints = [
+            json!({"key": "node.kubernetes.io/unreachable", "effect": "NoExecute",
+            "timeAdded": "2026-01-01T00:00:00Z"}),
+        ];
+        let t0 = parse_rfc3339("2026-01-01T00:00:00Z").unwrap() * 1000;
+        let pod = |tols: Value| json!({"spec": {"tolerations": tols}});
+        assert_eq!(eviction_due(&pod(json!([])), &taints), Some(0));
+        assert_eq!(
+            eviction_due(
+                &pod(
+                    json!([{"key": "node.kubernetes.io/unreachable", "operator": "Exists",
+                    "effect": "NoExecute", "tolerationSeconds": 300}])
+                ),
+                &taints
+            ),
+            Some(t0 + 300_000)
+        );
+        assert_eq!(
+            eviction_due(&pod(json!([{"operator": "Exists"}])), &taints),
+            None
+        );
+    }
 
     #[test]
     fn taints_follow_conditions_and_keep_foreign_ones() {

@@ -71,7 +71,7 @@ macro_rules! r {
 pub static RESOURCES: &[ResourceDef] = &[
     r!("", "v1", "namespaces", "namespace", "Namespace", false, &["ns"], &["status"], NAMESPACES),
     r!("", "v1", "nodes", "node", "Node", false, &["no"], &["status"], NODES),
-    r!("", "v1", "pods", "pod", "Pod", true, &["po"], &["eviction", "status"], PODS),
+    r!("", "v1", "pods", "pod", "Pod", true, &["po"], &["binding", "eviction", "status"], PODS),
     r!("", "v1", "events", "event", "Event", true, &["ev"], &[], "events"),
     r!("", "v1", "configmaps", "configmap", "ConfigMap", true, &["cm"], &[], "configmaps"),
     r!("", "v1", "secrets", "secret", "Secret", true, &[], &[], "secrets"),
@@ -216,6 +216,13 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
         out.push(e);
         for sub in d.subresources {
             match *sub {
+                "binding" => out.push(json!({
+                    "name": format!("{}/binding", d.plural),
+                    "singularName": "",
+                    "namespaced": d.namespaced,
+                    "kind": "Binding",
+                    "verbs": ["create"],
+                })),
                 "eviction" => out.push(json!({
                     "name": format!("{}/eviction", d.plural),
                     "singularName": "",

@@ -1,5 +1,6 @@
 //! Label selectors (query-string and LabelSelector objects) and field selectors.
 
+use crate::resources::ResourceDef;
 use crate::util::{ApiError, path_str};
 use serde_json::Value;
 
@@ -214,6 +215,54 @@ impl FieldSelector {
             reqs.push((k.trim().to_string(), neg, v.trim().to_string()));
         }
         Ok(FieldSelector { reqs })
+    }
+
+    /// Parse and check the fields against what the resource's registry can select on
+    /// (`<Kind>ToSelectableFields` / `AddFieldLabelConversionFunc`): anything else is
+    /// 400 `field label not supported: <field>`.
+    pub fn parse_for(def: &ResourceDef, s: &str) -> Result<Self, ApiError> {
+        let f = Self::parse(s)?;
+        let extra: &[&str] = match (def.group, def.plural) {
+            ("", "pods") => &[
+                "spec.nodeName",
+                "spec.restartPolicy",
+                "spec.schedulerName",
+                "spec.serviceAccountName",
+                "spec.hostNetwork",
+                "status.phase",
+                "status.podIP",
+                "status.podIPs",
+                "status.nominatedNodeName",
+            ],
+            ("", "nodes") => &["spec.unschedulable"],
+            ("", "namespaces") => &["status.phase"],
+            ("", "secrets") => &["type"],
+            ("", "events") => &[
+                "involvedObject.kind",
+                "involvedObject.namespace",
+                "involvedObject.name",
+                "involvedObject.uid",
+                "involvedObject.apiVersion",
+                "involvedObject.resourceVersion",
+                "involvedObject.fieldPath",
+                "reason",
+                "reportingComponent",
+                "source",
+                "type",
+            ],
+            _ => &[],
+        };
+        for (k, _, _) in &f.reqs {
+            let ok = k == "metadata.name"
+                || (def.namespaced && k == "metadata.namespace")
+                || extra.contains(&k.as_str());
+            if !ok {
+                return Err(ApiError::bad_request(format!(
+                    "field label not supported: {k}"
+                )));
+            }
+        }
+        Ok(f)
     }
 
     pub fn matches(&self, obj: &Value) -> bool {

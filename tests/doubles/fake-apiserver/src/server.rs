@@ -29,6 +29,7 @@ use tokio::sync::{broadcast, mpsc};
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = BoxBody<Bytes, BoxError>;
 
+/// Server settings from the command line.
 pub struct Config {
     pub tokens: Option<HashMap<String, User>>,
     pub latency: Duration,
@@ -44,6 +45,7 @@ pub struct Config {
     pub log_requests: bool,
 }
 
+/// The server: state, settings, API Priority and Fairness and the controllers.
 pub struct App {
     pub state: Mutex<State>,
     pub cfg: Config,
@@ -350,17 +352,18 @@ fn route(
         (&Method::GET, true, _) => "list",
         (&Method::GET, false, _) => "get",
         (&Method::POST, true, _) => "create",
-        (&Method::POST, false, "eviction") => "create",
+        (&Method::POST, false, "eviction" | "binding") => "create",
         (&Method::PUT, false, _) => "update",
         (&Method::PATCH, false, _) => "patch",
         (&Method::DELETE, false, "") => "delete",
         (&Method::DELETE, true, _) => "deletecollection",
         _ => return Err(ApiError::method_not_allowed()),
     };
-    if sub == "eviction" && verb != "create" {
+    if matches!(sub, "eviction" | "binding") && verb != "create" {
         return Err(ApiError::method_not_allowed());
     }
-    let attrs = Attrs::resource(verb, def, ns, name, sub);
+    let attrs = Attrs::resource(verb, def, ns, name, sub)
+        .with_field_selector(q(&query, "fieldSelector").unwrap_or(""));
     let accept = parts
         .headers
         .get(header::ACCEPT)
@@ -414,6 +417,7 @@ fn route(
             }
             watch_setup(st, def, filter, &query).map(|w| Reply::Watch(Box::new(w)))
         }
+        "create" if sub == "binding" => Ok(Reply::Json(201, bind(st, def, ns, name, body)?)),
         "create" if sub == "eviction" => {
             let (code, v) = evict(st, def, ns, name, user, body)?;
             Ok(Reply::Json(code, v))
@@ -471,7 +475,7 @@ fn route(
         "deletecollection" => {
             let opts = DeleteOpts::parse(body, &query)?;
             let ls = LabelSelector::parse(q(&query, "labelSelector").unwrap_or(""))?;
-            let fs = FieldSelector::parse(q(&query, "fieldSelector").unwrap_or(""))?;
+            let fs = FieldSelector::parse_for(def, q(&query, "fieldSelector").unwrap_or(""))?;
             let names: Vec<(String, String)> = st
                 .list(def.storage, ns_opt)
                 .into_iter()
@@ -539,6 +543,7 @@ fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
     Ok(v)
 }
 
+/// 404 `<resource> "<name>" not found`.
 pub fn not_found(def: &ResourceDef, name: &str) -> ApiError {
     ApiError::new(
         404,
@@ -562,11 +567,17 @@ fn conflict(def: &ResourceDef, name: &str, why: &str) -> ApiError {
     .with_details(details(name, def.group, def.plural))
 }
 
+/// 422 as `apierrors.NewInvalid`: the qualified kind (`Lease.coordination.k8s.io`).
 fn invalid(def: &ResourceDef, name: &str, field: &str, msg: &str) -> ApiError {
+    let kind = if def.group.is_empty() {
+        def.kind.to_string()
+    } else {
+        format!("{}.{}", def.kind, def.group)
+    };
     ApiError::new(
         422,
         "Invalid",
-        format!("{} \"{}\" is invalid: {}: {}", def.kind, name, field, msg),
+        format!("{kind} \"{name}\" is invalid: {field}: {msg}"),
     )
     .with_details(json!({"name": name, "group": def.group, "kind": def.kind,
         "causes": [{"reason": "FieldValueInvalid", "message": msg, "field": field}]}))
@@ -588,6 +599,9 @@ fn strip_type(mut v: Value) -> Value {
     v
 }
 
+/// storage/etcd3 and the cacher, for a continue token older than the compaction.
+const CONTINUE_EXPIRED: &str = "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.";
+
 fn list(
     st: &State,
     def: &ResourceDef,
@@ -597,8 +611,20 @@ fn list(
     include_object: &str,
 ) -> Result<Reply, ApiError> {
     let ls = LabelSelector::parse(q(query, "labelSelector").unwrap_or(""))?;
-    let fs = FieldSelector::parse(q(query, "fieldSelector").unwrap_or(""))?;
-    let cont = q(query, "continue").filter(|c| !c.is_empty());
+    let fs = FieldSelector::parse_for(def, q(query, "fieldSelector").unwrap_or(""))?;
+    let cont = match q(query, "continue").filter(|c| !c.is_empty()) {
+        None => None,
+        Some(c) => {
+            let (rv, key) = c
+                .split_once(':')
+                .and_then(|(rv, k)| Some((rv.parse::<u64>().ok()?, k)))
+                .ok_or_else(|| ApiError::bad_request("continue key is not valid"))?;
+            if rv < st.compacted_rv() {
+                return Err(ApiError::new(410, "Expired", CONTINUE_EXPIRED));
+            }
+            Some(key)
+        }
+    };
     let mut items: Vec<&Value> = st
         .list(def.storage, ns)
         .into_iter()
@@ -618,7 +644,8 @@ fn list(
         items.truncate(limit);
         let last = items[limit - 1];
         meta["continue"] = json!(format!(
-            "{}/{}",
+            "{}:{}/{}",
+            st.rv,
             meta_str(last, "namespace"),
             meta_str(last, "name")
         ));
@@ -689,6 +716,41 @@ fn pod_qos(pod: &Value) -> &'static str {
         "Guaranteed"
     } else {
         "Burstable"
+    }
+}
+
+/// The DefaultTolerationSeconds admission plugin
+/// (plugin/pkg/admission/defaulttolerationseconds/admission.go): unless the pod already
+/// tolerates them, tolerate not-ready and unreachable NoExecute for 300 s.
+fn add_default_tolerations(pod: &mut Value) {
+    let tols = pod["spec"]
+        .get("tolerations")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let tolerates = |key: &str| {
+        tols.iter().any(|t| {
+            let k = t.get("key").and_then(Value::as_str).unwrap_or("");
+            let e = t.get("effect").and_then(Value::as_str).unwrap_or("");
+            (k == key || k.is_empty()) && (e == "NoExecute" || e.is_empty())
+        })
+    };
+    let mut add = Vec::new();
+    for key in [
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+    ] {
+        if !tolerates(key) {
+            add.push(
+                json!({"key": key, "operator": "Exists", "effect": "NoExecute",
+                "tolerationSeconds": 300}),
+            );
+        }
+    }
+    if !add.is_empty() {
+        let mut all = tols;
+        all.extend(add);
+        pod["spec"]["tolerations"] = Value::Array(all);
     }
 }
 
@@ -817,6 +879,9 @@ pub fn create(
         ] {
             spec.entry(k).or_insert(v);
         }
+        if !seed {
+            add_default_tolerations(&mut obj);
+        }
         if !seed || obj.get("status").is_none() {
             let qos = pod_qos(&obj);
             obj["status"] = json!({"phase": "Pending", "qosClass": qos});
@@ -833,6 +898,9 @@ pub fn create(
     if def.is(PDBS) {
         let pods = st.list(PODS, Some(ns));
         obj["status"] = store::pdb_status(&obj, &pods);
+    }
+    if def.is(LEASES) {
+        validate_lease(def, &name, &obj)?;
     }
     let stored = st.insert(def.storage, obj);
     Ok(out(def, &stored))
@@ -931,6 +999,12 @@ fn mutate(
             }
         }
     }
+    if def.is(PODS) && sub.is_empty() {
+        check_pod_update(def, name, &old, &new)?;
+    }
+    if def.is(LEASES) {
+        validate_lease(def, name, &new)?;
+    }
     if old.get("spec") != new.get("spec") {
         let g = old
             .pointer("/metadata/generation")
@@ -966,6 +1040,83 @@ fn mutate(
     }
     let stored = st.replace(def.storage, new);
     Ok(out(def, &stored))
+}
+
+/// ValidateLeaseSpec (pkg/apis/coordination/validation/validation.go).
+fn validate_lease(def: &ResourceDef, name: &str, lease: &Value) -> Result<(), ApiError> {
+    let int = |k: &str| lease.pointer(&format!("/spec/{k}")).and_then(Value::as_i64);
+    if let Some(d) = int("leaseDurationSeconds")
+        && d <= 0
+    {
+        return Err(invalid(
+            def,
+            name,
+            "spec.leaseDurationSeconds",
+            &format!("Invalid value: {d}: must be greater than 0"),
+        ));
+    }
+    if let Some(t) = int("leaseTransitions")
+        && t < 0
+    {
+        return Err(invalid(
+            def,
+            name,
+            "spec.leaseTransitions",
+            &format!("Invalid value: {t}: must be greater than or equal to 0"),
+        ));
+    }
+    Ok(())
+}
+
+/// ValidatePodUpdate (pkg/apis/core/validation/validation.go): besides metadata, an
+/// update may only change container images, activeDeadlineSeconds, tolerations
+/// (additions), terminationGracePeriodSeconds and schedulingGates; nodeName is set
+/// through binding, never by update.
+fn check_pod_update(
+    def: &ResourceDef,
+    name: &str,
+    old: &Value,
+    new: &Value,
+) -> Result<(), ApiError> {
+    let (Some(os), Some(ns)) = (old.get("spec"), new.get("spec")) else {
+        return Ok(());
+    };
+    let mut mutated = os.clone();
+    for k in [
+        "activeDeadlineSeconds",
+        "tolerations",
+        "terminationGracePeriodSeconds",
+        "schedulingGates",
+    ] {
+        match ns.get(k) {
+            Some(v) => mutated[k] = v.clone(),
+            None => {
+                mutated.as_object_mut().map(|m| m.remove(k));
+            }
+        }
+    }
+    for list in ["containers", "initContainers"] {
+        if let (Some(cs), Some(ncs)) = (
+            mutated.get_mut(list).and_then(Value::as_array_mut),
+            ns.get(list).and_then(Value::as_array),
+        ) && cs.len() == ncs.len()
+        {
+            for (c, nc) in cs.iter_mut().zip(ncs) {
+                if let Some(img) = nc.get("image") {
+                    c["image"] = img.clone();
+                }
+            }
+        }
+    }
+    if mutated == *ns {
+        return Ok(());
+    }
+    Err(invalid(
+        def,
+        name,
+        "spec",
+        "Forbidden: pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)",
+    ))
 }
 
 #[derive(Debug, Default)]
@@ -1148,6 +1299,59 @@ pub fn delete_pod(st: &mut State, def: &ResourceDef, obj: Value, grace: Option<i
     out(def, &st.replace(PODS, o))
 }
 
+/// pods/binding (pkg/registry/core/pod/storage/storage.go `assignPod`): sets
+/// spec.nodeName once, with PodScheduled=True; 409 when already assigned or terminating.
+fn bind(
+    st: &mut State,
+    def: &'static ResourceDef,
+    ns: &str,
+    name: &str,
+    body: &Bytes,
+) -> Result<Value, ApiError> {
+    let b = parse_body(body)?;
+    let target = b
+        .pointer("/target/name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if target.is_empty() {
+        return Err(invalid(def, name, "target.name", "Required value"));
+    }
+    let mut pod = st
+        .get(PODS, ns, name)
+        .cloned()
+        .ok_or_else(|| not_found(def, name))?;
+    let pb = |why: String| {
+        ApiError::new(
+            409,
+            "Conflict",
+            format!("Operation cannot be fulfilled on pods/binding \"{name}\": {why}"),
+        )
+        .with_details(details(name, "", "pods/binding"))
+    };
+    if is_terminating(&pod) {
+        return Err(pb(format!(
+            "pod {name} is being deleted, cannot be assigned to a host"
+        )));
+    }
+    let current = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if !current.is_empty() {
+        return Err(pb(format!(
+            "pod {name} is already assigned to node \"{current}\""
+        )));
+    }
+    pod["spec"]["nodeName"] = json!(target);
+    crate::controllers::set_condition(
+        &mut pod,
+        json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null}),
+        &now_rfc3339(),
+    );
+    st.replace(PODS, pod);
+    Ok(success(201))
+}
+
 fn success(code: u16) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": code})
 }
@@ -1181,9 +1385,6 @@ fn evict(
     if let Some(node) = user.node_name() {
         auth::admit_pod_eviction(def, node, &pod)?;
     }
-    if is_terminating(&pod) {
-        return Ok((200, success(200)));
-    }
     let opts = ev
         .get("deleteOptions")
         .map(DeleteOpts::from_value)
@@ -1193,7 +1394,8 @@ fn evict(
         .pointer("/status/phase")
         .and_then(Value::as_str)
         .unwrap_or("");
-    if !matches!(phase, "Succeeded" | "Failed" | "Pending") {
+    // canIgnorePDB: terminal, Pending and terminating pods are deleted without a PDB check.
+    if !matches!(phase, "Succeeded" | "Failed" | "Pending") && !is_terminating(&pod) {
         let pods = st.list(PODS, Some(ns));
         let pdbs: Vec<&Value> = st
             .list(PDBS, Some(ns))
@@ -1212,7 +1414,7 @@ fn evict(
                     .pointer("/spec/unhealthyPodEvictionPolicy")
                     .and_then(Value::as_str)
                     == Some("AlwaysAllow")
-                    || m.current_healthy >= m.desired_healthy);
+                    || (m.current_healthy >= m.desired_healthy && m.desired_healthy > 0));
             if !unhealthy_ok && m.disruptions_allowed <= 0 {
                 return Err(ApiError::new(
                     429,
@@ -1228,12 +1430,24 @@ fn evict(
             }
         }
     }
+    // addConditionAndDeletePod: DisruptionTarget first (PodDisruptionConditions, GA 1.31).
+    let mut pod = pod;
+    let changed = crate::controllers::set_condition(
+        &mut pod,
+        json!({"type": "DisruptionTarget", "status": "True", "lastProbeTime": null,
+            "reason": "EvictionByEvictionAPI", "message": "Eviction API: evicting"}),
+        &now_rfc3339(),
+    );
+    if changed {
+        pod = st.replace(PODS, pod);
+    }
     delete_pod(st, def, pod, opts.grace);
     Ok((201, success(201)))
 }
 
 // ------------------------------------------------------------------------- watch
 
+/// What a watch selects and how it renders events.
 pub struct WatchFilter {
     storage: &'static str,
     ns: Option<String>,
@@ -1255,7 +1469,7 @@ impl WatchFilter {
             ns: ns.map(String::from),
             name: None,
             ls: LabelSelector::parse(q(query, "labelSelector").unwrap_or(""))?,
-            fs: FieldSelector::parse(q(query, "fieldSelector").unwrap_or(""))?,
+            fs: FieldSelector::parse_for(def, q(query, "fieldSelector").unwrap_or(""))?,
             table: None,
         })
     }
@@ -1305,6 +1519,7 @@ impl WatchFilter {
     }
 }
 
+/// A watch ready to stream: initial events and the live subscription.
 pub struct WatchSetup {
     def: &'static ResourceDef,
     initial: Vec<Bytes>,
@@ -1336,10 +1551,12 @@ fn watch_setup(
     filter: WatchFilter,
     query: &[(String, String)],
 ) -> Result<WatchSetup, ApiError> {
+    // Without timeoutSeconds: minRequestTimeout (1800 s) × [1, 2), as the watch handler
+    // picks it (staging/src/k8s.io/apiserver/pkg/endpoints/handlers/get.go).
     let timeout = q(query, "timeoutSeconds")
         .and_then(|t| t.parse::<u64>().ok())
         .filter(|t| *t > 0)
-        .unwrap_or(1800);
+        .unwrap_or_else(|| 1800 + crate::util::random_u64() % 1800);
     let bookmarks = matches!(q(query, "allowWatchBookmarks"), Some("true" | "1"));
     let send_initial = matches!(q(query, "sendInitialEvents"), Some("true" | "1"));
     let rv_param = q(query, "resourceVersion").unwrap_or("");
@@ -1417,8 +1634,10 @@ fn start_watch(app: Arc<App>, w: WatchSetup) -> Response<Body> {
         let Some(mut events) = events else { return };
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
+        let ends_at = Instant::now() + timeout;
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         let mut last_bookmark = Instant::now();
+        let mut final_bookmark = false;
         loop {
             tokio::select! {
                 _ = &mut deadline => return,
@@ -1431,13 +1650,9 @@ fn start_watch(app: Arc<App>, w: WatchSetup) -> Response<Body> {
                                 return;
                             }
                     }
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        let e = ApiError::new(410, "Expired", "watch fell behind; too old resource version");
-                        let mut v = serde_json::to_vec(&json!({"type": "ERROR", "object": e.status()})).unwrap_or_default();
-                        v.push(b'\n');
-                        let _ = tx.send(Ok(Bytes::from(v))).await;
-                        return;
-                    }
+                    // A watcher that cannot keep up is closed by the cacher
+                    // ("Forcing watcher close due to unresponsiveness"): the stream ends.
+                    Err(broadcast::error::RecvError::Lagged(_)) => return,
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
                 _ = tick.tick() => {
@@ -1445,8 +1660,14 @@ fn start_watch(app: Arc<App>, w: WatchSetup) -> Response<Body> {
                         let _ = tx.send(Err("fault injected: down".into())).await;
                         return;
                     }
-                    if bookmarks && last_bookmark.elapsed() >= Duration::from_secs(30) {
+                    // The cacher's bookmarks: about every minute
+                    // (defaultBookmarkFrequency) and one ~2 s before the deadline.
+                    let near_end = ends_at.saturating_duration_since(Instant::now()) <= Duration::from_secs(2);
+                    if bookmarks
+                        && (last_bookmark.elapsed() >= Duration::from_secs(60) || (near_end && !final_bookmark))
+                    {
                         last_bookmark = Instant::now();
+                        final_bookmark |= near_end;
                         if tx.send(Ok(bookmark(def, rv, false))).await.is_err() {
                             return;
                         }

@@ -37,6 +37,7 @@ pub struct Event {
 
 pub type Key = (String, String);
 
+/// All objects, the global resourceVersion and the watch history.
 pub struct State {
     pub rv: u64,
     tables: HashMap<&'static str, BTreeMap<Key, Value>>,
@@ -44,6 +45,12 @@ pub struct State {
     /// Events kept for watch resumption; older resourceVersions get 410 Expired.
     pub history_limit: usize,
     pub tx: broadcast::Sender<Arc<Event>>,
+    /// The Node authorizer's AuthorizeNodeWithSelectors behaviour (on by default).
+    pub node_selectors: bool,
+    /// Revisions at or below this were compacted away (etcd compaction).
+    compacted: u64,
+    /// The revision recorded at the last compaction tick, compacted at the next one.
+    compact_mark: u64,
 }
 
 impl Default for State {
@@ -61,6 +68,9 @@ impl State {
             history: VecDeque::new(),
             history_limit: 20_000,
             tx,
+            node_selectors: true,
+            compacted: 0,
+            compact_mark: 0,
         }
     }
 
@@ -73,12 +83,36 @@ impl State {
             history: VecDeque::new(),
             history_limit: self.history_limit,
             tx,
+            node_selectors: self.node_selectors,
+            compacted: self.compacted,
+            compact_mark: self.compact_mark,
         }
     }
 
     /// The oldest resourceVersion a watch may start from.
     pub fn oldest_watchable(&self) -> u64 {
-        self.history.front().map(|e| e.rv - 1).unwrap_or(self.rv)
+        self.history
+            .front()
+            .map(|e| e.rv - 1)
+            .unwrap_or(self.rv)
+            .max(self.compacted)
+    }
+
+    /// The last compacted revision: continue tokens and watches from before it get 410.
+    pub fn compacted_rv(&self) -> u64 {
+        self.compacted
+    }
+
+    /// One tick of kube-apiserver's compactor (`--etcd-compaction-interval`, 5 min):
+    /// compact to the revision seen at the previous tick, remember the current one
+    /// (staging/src/k8s.io/apiserver/pkg/storage/etcd3/compact.go).
+    pub fn compact(&mut self) {
+        self.compacted = self.compacted.max(self.compact_mark);
+        self.compact_mark = self.rv;
+        let c = self.compacted;
+        while self.history.front().is_some_and(|e| e.rv <= c) {
+            self.history.pop_front();
+        }
     }
 
     pub fn get(&self, storage: &str, ns: &str, name: &str) -> Option<&Value> {
@@ -238,6 +272,7 @@ impl State {
     }
 }
 
+/// Running with condition Ready=True (podutil.IsPodReady).
 pub fn pod_is_ready(pod: &Value) -> bool {
     pod.pointer("/status/phase").and_then(Value::as_str) == Some("Running")
         && pod
@@ -251,6 +286,7 @@ pub fn pod_is_ready(pod: &Value) -> bool {
             })
 }
 
+/// The object has a deletionTimestamp.
 pub fn is_terminating(obj: &Value) -> bool {
     obj.pointer("/metadata/deletionTimestamp")
         .is_some_and(|v| !v.is_null())
@@ -272,6 +308,7 @@ fn scaled(v: &Value, total: i64) -> Option<i64> {
     }
 }
 
+/// The disruption controller's numbers for one PDB.
 pub struct PdbMath {
     pub expected: i64,
     pub current_healthy: i64,
@@ -279,6 +316,7 @@ pub struct PdbMath {
     pub disruptions_allowed: i64,
 }
 
+/// Compute a PDB's expected, healthy and allowed counts from the namespace's pods.
 pub fn pdb_math(pdb: &Value, pods: &[&Value]) -> PdbMath {
     let sel = LabelSelector::from_object(pdb.pointer("/spec/selector"));
     let matching: Vec<&&Value> = pods.iter().filter(|p| sel.matches(p)).collect();
@@ -303,6 +341,7 @@ pub fn pdb_math(pdb: &Value, pods: &[&Value]) -> PdbMath {
     }
 }
 
+/// A PDB's `.status` as the disruption controller writes it.
 pub fn pdb_status(pdb: &Value, pods: &[&Value]) -> Value {
     let m = pdb_math(pdb, pods);
     let generation = pdb

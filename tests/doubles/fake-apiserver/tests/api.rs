@@ -474,14 +474,26 @@ fn eviction_404_200_429_and_success() {
     );
     let (_, p) = get(&s, "/api/v1/namespaces/default/pods/free", ADMIN);
     assert_eq!(p["metadata"]["deletionGracePeriodSeconds"], 3);
-    // Already terminating → 200.
+    // The eviction marked it first (PodDisruptionConditions).
+    let dt = condition(&p, "DisruptionTarget");
+    assert_eq!(
+        (&dt["status"], &dt["reason"], &dt["message"]),
+        (
+            &json!("True"),
+            &json!("EvictionByEvictionAPI"),
+            &json!("Eviction API: evicting")
+        )
+    );
+    // Already terminating: canIgnorePDB, deleted again (a shorter grace wins) → 201.
     let (c, _) = post(
         &s,
         &ev("free"),
         ADMIN,
-        &eviction("free", "default", "v1", None),
+        &eviction("free", "default", "v1", Some(1)),
     );
-    assert_eq!(c, 200);
+    assert_eq!(c, 201);
+    let (_, p) = get(&s, "/api/v1/namespaces/default/pods/free", ADMIN);
+    assert_eq!(p["metadata"]["deletionGracePeriodSeconds"], 1);
 
     // PDB: 2 healthy, needs 1 → first eviction allowed, second 429 (v1beta1 body).
     let (c, _) = post(&s, &ev("a"), ADMIN, &eviction("a", "default", "v1", None));
@@ -734,14 +746,52 @@ fn watch_events_resume_and_filters() {
     let mut p3 = pod("default", "p3", "", "a");
     p3["spec"].as_object_mut().unwrap().remove("nodeName");
     post(&s, "/api/v1/namespaces/default/pods", ADMIN, &p3);
-    patch(
+    // Pod specs are immutable but for a few fields: nodeName goes through binding.
+    let (c, e) = patch(
         &s,
         "/api/v1/namespaces/default/pods/p3",
         ADMIN,
         MP,
         &json!({"spec": {"nodeName": "n1"}}),
     );
+    assert_eq!(c, 422);
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Pod \"p3\" is invalid: spec: Forbidden: pod updates may not change fields other than `spec.containers[*].image`"),
+        "{e}"
+    );
+    let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p3"},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": "n1"}});
+    let (c, e) = post(
+        &s,
+        "/api/v1/namespaces/default/pods/p3/binding",
+        ADMIN,
+        &binding,
+    );
+    assert_eq!(c, 201, "{e}");
     assert_eq!(wm.next_kind(), ("ADDED".into(), "p3".into()));
+    let (c, e) = post(
+        &s,
+        "/api/v1/namespaces/default/pods/p3/binding",
+        ADMIN,
+        &binding,
+    );
+    assert_eq!(c, 409);
+    assert_eq!(
+        e["message"],
+        "Operation cannot be fulfilled on pods/binding \"p3\": pod p3 is already assigned to node \"n1\""
+    );
+    // The image may change.
+    let (c, _) = patch(
+        &s,
+        "/api/v1/namespaces/default/pods/p3",
+        ADMIN,
+        SMP,
+        &json!({"spec": {"containers": [{"name": "c", "image": "busybox:2"}]}}),
+    );
+    assert_eq!(c, 200);
 
     // Bad resourceVersion → 400.
     let r = request(
@@ -766,12 +816,54 @@ fn node_identity_authorization() {
         pod("default", "theirs", "n2", "a"),
         pod("default", "mine2", "n1", "a"),
     ]);
-    // Reads.
-    assert_eq!(get(&s, "/api/v1/nodes", NODE1).0, 200);
+    // Reads (AuthorizeNodeWithSelectors): its own Node only, pods only by its
+    // spec.nodeName selector or bound to it.
+    let (c, e) = get(&s, "/api/v1/nodes", NODE1);
+    assert_eq!(c, 403);
+    assert_eq!(
+        e["message"],
+        "nodes is forbidden: User \"system:node:n1\" cannot list resource \"nodes\" in API group \"\" at the cluster scope: node 'n1' cannot read all nodes, only its own Node object"
+    );
+    assert_eq!(
+        get(&s, "/api/v1/nodes?fieldSelector=metadata.name%3Dn1", NODE1).0,
+        200
+    );
+    assert_eq!(get(&s, "/api/v1/nodes/n1", NODE1).0, 200);
+    let (c, e) = get(&s, "/api/v1/nodes/n2", NODE1);
+    assert_eq!(c, 403);
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("node 'n1' cannot read 'n2', only its own Node object")
+    );
     assert_eq!(
         get(&s, "/api/v1/pods?fieldSelector=spec.nodeName%3Dn1", NODE1).0,
         200
     );
+    let (c, e) = get(&s, "/api/v1/namespaces/default/pods", NODE1);
+    assert_eq!(c, 403);
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("can only list/watch pods with spec.nodeName field selector")
+    );
+    assert_eq!(
+        get(&s, "/api/v1/namespaces/default/pods/mine", NODE1).0,
+        200
+    );
+    // Another node's pod, or one that does not exist: no relationship, 403 not 404.
+    for p in ["theirs", "nope"] {
+        let (c, e) = get(&s, &format!("/api/v1/namespaces/default/pods/{p}"), NODE1);
+        assert_eq!(c, 403, "{p}");
+        assert!(
+            e["message"]
+                .as_str()
+                .unwrap()
+                .ends_with("no relationship found between node 'n1' and this object")
+        );
+    }
     // Own node: cordon via strategic merge patch and status patch are fine.
     let (c, n) = patch(
         &s,
@@ -1264,6 +1356,18 @@ fn node_lease_crud_watch_and_conflicts() {
         (c, &g["spec"]["renewTime"]),
         (200, &json!("2026-01-01T00:00:20.000000Z"))
     );
+    let (c, e) = patch(
+        &s,
+        &format!("{LEASES}/n1"),
+        NODE1,
+        MP,
+        &json!({"spec": {"leaseDurationSeconds": 0}}),
+    );
+    assert_eq!(c, 422);
+    assert_eq!(
+        e["message"],
+        "Lease.coordination.k8s.io \"n1\" is invalid: spec.leaseDurationSeconds: Invalid value: 0: must be greater than 0"
+    );
     let (c, list) = get(&s, LEASES, ADMIN);
     assert_eq!(c, 200);
     assert_eq!(list["kind"], "LeaseList");
@@ -1532,4 +1636,150 @@ fn apf_queue_wait_and_masters_not_exempt_on_request() {
         (Some(2), Some(0))
     );
     assert_eq!(gd["peakInflight"], 1);
+}
+
+#[test]
+fn compaction_expires_old_watches_and_continue_tokens() {
+    let s = start(Opts {
+        seed: Some(json!([node("n1"), node("n2"), node("n3")])),
+        extra: &["--compaction-interval-s", "0.5"],
+        ..Opts::default()
+    });
+    let (_, first) = get(&s, "/api/v1/nodes?limit=1", ADMIN);
+    let token = first["metadata"]["continue"].as_str().unwrap().to_string();
+    let old_rv = rv(&first);
+    // Fresh: the token and the resourceVersion still work.
+    let (c, _) = get(
+        &s,
+        &format!("/api/v1/nodes?limit=1&continue={token}"),
+        ADMIN,
+    );
+    assert_eq!(c, 200);
+    // A write, then two compaction ticks: the revision of the first list is compacted.
+    patch(
+        &s,
+        "/api/v1/nodes/n1",
+        ADMIN,
+        MP,
+        &json!({"metadata": {"labels": {"x": "1"}}}),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let (c, e) = loop {
+        let (c, e) = get(
+            &s,
+            &format!("/api/v1/nodes?limit=1&continue={token}"),
+            ADMIN,
+        );
+        if c != 200 || std::time::Instant::now() > deadline {
+            break (c, e);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!((c, &e["reason"]), (410, &json!("Expired")));
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("The provided continue parameter is too old")
+    );
+    let mut w = Watch::open(
+        &s,
+        &format!("/api/v1/nodes?watch=1&resourceVersion={old_rv}&timeoutSeconds=5"),
+        ADMIN,
+    );
+    let ev = w.next().unwrap();
+    assert_eq!(ev["type"], "ERROR");
+    assert_eq!(ev["object"]["code"], 410);
+    assert_eq!(ev["object"]["reason"], "Expired");
+}
+
+#[test]
+fn admission_defaults_and_unhealthy_pod_eviction_rule() {
+    let mut unready = pod("default", "u", "n1", "z");
+    unready["status"]["conditions"][0]["status"] = json!("False");
+    let s = seeded(vec![
+        node("n1"),
+        unready,
+        pdb("default", "zero", "z", json!({"minAvailable": 0})),
+    ]);
+    // DefaultTolerationSeconds on API creates.
+    let (c, p) = post(
+        &s,
+        "/api/v1/namespaces/default/pods",
+        ADMIN,
+        &json!({"metadata": {"name": "t"}, "spec": {"containers": [{"name": "c", "image": "x"}],
+            "tolerations": [{"key": "node.kubernetes.io/unreachable", "operator": "Exists"}]}}),
+    );
+    assert_eq!(c, 201);
+    assert_eq!(
+        p["spec"]["tolerations"],
+        json!([{"key": "node.kubernetes.io/unreachable", "operator": "Exists"},
+            {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute",
+                "tolerationSeconds": 300}])
+    );
+    // An unready pod under a PDB whose desiredHealthy is 0 is not waved through:
+    // disruptionsAllowed is 0, so 429 (eviction.go: `DesiredHealthy > 0`).
+    let (c, e) = post(
+        &s,
+        "/api/v1/namespaces/default/pods/u/eviction",
+        ADMIN,
+        &eviction("u", "default", "v1", None),
+    );
+    assert_eq!(c, 429, "{e}");
+    assert_eq!(e["reason"], "TooManyRequests");
+}
+
+#[test]
+fn unsupported_field_selectors_and_node_reads_of_referenced_secrets() {
+    let mut p = pod("default", "uses", "n1", "a");
+    p["spec"]["volumes"] = json!([{"name": "v", "secret": {"secretName": "mine"}}]);
+    let secret = |n: &str| json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": n}});
+    let s = seeded(vec![node("n1"), p, secret("mine"), secret("other")]);
+    let (c, e) = get(&s, "/api/v1/pods?fieldSelector=spec.containers%3Dx", ADMIN);
+    assert_eq!(c, 400);
+    assert_eq!(e["message"], "field label not supported: spec.containers");
+    assert_eq!(
+        get(
+            &s,
+            "/api/v1/nodes?fieldSelector=spec.unschedulable%3Dtrue",
+            ADMIN
+        )
+        .0,
+        200
+    );
+    // A node reads a secret only when one of its pods references it.
+    assert_eq!(
+        get(&s, "/api/v1/namespaces/default/secrets/mine", NODE1).0,
+        200
+    );
+    let (c, e) = get(&s, "/api/v1/namespaces/default/secrets/other", NODE1);
+    assert_eq!(c, 403);
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("no relationship found between node 'n1' and this object")
+    );
+    assert_eq!(get(&s, "/api/v1/namespaces/default/secrets", NODE1).0, 403);
+}
+
+#[test]
+fn watch_sends_a_bookmark_before_its_deadline() {
+    let s = seeded(vec![node("n1")]);
+    let (_, l) = get(&s, "/api/v1/nodes", ADMIN);
+    let mut w = Watch::open(
+        &s,
+        &format!(
+            "/api/v1/nodes?watch=1&resourceVersion={}&allowWatchBookmarks=true&timeoutSeconds=3",
+            rv(&l)
+        ),
+        ADMIN,
+    );
+    let events: Vec<Value> = std::iter::from_fn(|| w.next()).collect();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["type"], "BOOKMARK");
+    assert_eq!(
+        events[0]["object"]["metadata"]["resourceVersion"],
+        l["metadata"]["resourceVersion"]
+    );
 }

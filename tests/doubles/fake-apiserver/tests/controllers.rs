@@ -46,10 +46,7 @@ fn pod_node(s: &Server, name: &str) -> String {
 
 fn scheduled_condition(s: &Server, name: &str) -> Value {
     let (_, p) = get(s, &format!("/api/v1/namespaces/default/pods/{name}"), ADMIN);
-    p["status"]["conditions"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["type"] == "PodScheduled").cloned())
-        .unwrap_or(Value::Null)
+    condition(&p, "PodScheduled")
 }
 
 #[test]
@@ -271,13 +268,7 @@ fn renew(s: &Server, node: &str, t: u64) {
 
 fn ready_of(s: &Server) -> (Value, Vec<String>) {
     let (_, n) = get(s, "/api/v1/nodes/n1", ADMIN);
-    let ready = n["status"]["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Ready")
-        .cloned()
-        .unwrap();
+    let ready = condition(&n, "Ready");
     let taints = n["spec"]["taints"]
         .as_array()
         .map(|ts| {
@@ -301,8 +292,12 @@ fn node_lifecycle_marks_a_node_unknown_when_its_lease_is_not_renewed() {
         "metadata": {"name": "n1", "namespace": "kube-node-lease"},
         "spec": {"holderIdentity": "n1", "leaseDurationSeconds": 40,
             "renewTime": "2026-01-01T00:00:00.000000Z"}});
+    // Seeds skip admission: this pod has no toleration for the unreachable taint.
+    let bare = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "bare", "namespace": "default"},
+        "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "x"}]},
+        "status": {"phase": "Running"}});
     let s = start(Opts {
-        seed: Some(json!([ready_node("n1", "4", "8Gi", 110), lease])),
+        seed: Some(json!([ready_node("n1", "4", "8Gi", 110), lease, bare])),
         extra: &[
             "--controllers",
             "all",
@@ -313,6 +308,13 @@ fn node_lifecycle_marks_a_node_unknown_when_its_lease_is_not_renewed() {
         ],
         ..Opts::default()
     });
+    // Created through the API: DefaultTolerationSeconds tolerates unreachable for 300 s.
+    let mut tolerant = pending_pod("tolerant", None);
+    tolerant["spec"]["nodeName"] = json!("n1");
+    assert_eq!(
+        post(&s, "/api/v1/namespaces/default/pods", ADMIN, &tolerant).0,
+        201
+    );
     // The status was posted once (old heartbeat); renewing the Lease alone keeps the
     // node Ready, well past the grace period.
     let start_t = Instant::now();
@@ -340,6 +342,16 @@ fn node_lifecycle_marks_a_node_unknown_when_its_lease_is_not_renewed() {
     );
     assert!(taints.contains(&"node.kubernetes.io/unreachable:NoSchedule".to_string()));
     assert!(taints.contains(&"node.kubernetes.io/unreachable:NoExecute".to_string()));
+    // Taint eviction: the pod without a toleration is deleted (and stays Terminating:
+    // no kubelet confirms), the tolerant one keeps running for its 300 s.
+    let gone = eventually("bare evicted", || {
+        let (_, p) = get(&s, "/api/v1/namespaces/default/pods/bare", ADMIN);
+        p["metadata"]["deletionTimestamp"].is_string().then_some(p)
+    });
+    let dt = condition(&gone, "DisruptionTarget");
+    assert_eq!(dt["reason"], "DeletionByTaintManager");
+    let (_, tp) = get(&s, "/api/v1/namespaces/default/pods/tolerant", ADMIN);
+    assert!(tp["metadata"]["deletionTimestamp"].is_null());
     // Nothing is scheduled there meanwhile.
     assert_eq!(
         post(

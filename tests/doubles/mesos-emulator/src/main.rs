@@ -80,8 +80,11 @@ struct Cli {
     /// Kill grace period (default: taskKillGracePeriodSeconds, else 3).
     #[arg(long, value_name = "S")]
     kill_grace: Option<f64>,
-    /// Wait this long between the terminal state and the container destroy (Mesos: ~1 s).
-    #[arg(long, value_name = "S", default_value_t = 0.0)]
+    /// Wait this long between the terminal state and the container destroy: the command
+    /// executor exits 1 s after forwarding the terminal update (executor.cpp `reaped`,
+    /// `delay(Seconds(1), ..., &Self::selfTerminate)`), and only then does the agent
+    /// destroy the container.
+    #[arg(long, value_name = "S", default_value_t = 1.0)]
     destroy_delay: f64,
     /// Exit with the task's exit code (128+signal if signalled) instead of 0.
     #[arg(long)]
@@ -305,7 +308,7 @@ fn main() {
     let root = child.id() as i32;
     emit(json!({
         "event": "launched", "pid": root, "task_id": task_id, "sandbox": sandbox_s,
-        "kill_grace_seconds": grace, "ports": ports,
+        "kill_grace_seconds": grace, "destroy_delay_seconds": cli.destroy_delay, "ports": ports,
         "health_check": check.as_ref().map(|c| json!({
             "probe": c.probe.describe(),
             "delay": c.delay, "interval": c.interval, "timeout": c.timeout,

@@ -75,6 +75,17 @@ fn task_ignoring_term_is_sigkilled_after_grace() {
 }
 
 #[test]
+fn default_destroy_delay_is_the_executors_one_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = script_app(dir.path(), "exit 0\n", None);
+    let sb = dir.path().join("sb");
+    let mut emu = Emu::start(&app, &["--sandbox", sb.to_str().unwrap()]);
+    assert_eq!(emu.launched()["destroy_delay_seconds"], 1.0);
+    emu.wait_event("destroyed", Duration::from_secs(10));
+    emu.wait_exit(Duration::from_secs(4));
+}
+
+#[test]
 fn default_grace_is_three_seconds() {
     let dir = tempfile::tempdir().unwrap();
     let app = script_app(dir.path(), "sleep 30\n", None);
@@ -165,15 +176,24 @@ exit 0
 "#;
     let app = script_app(dir.path(), script, None);
     let sb = dir.path().join("sb");
-    let mut emu = Emu::start(&app, &["--sandbox", sb.to_str().unwrap()]);
-    emu.launched();
+    // The executor lingers before the agent destroys the container (1 s by default; 3 s
+    // here so the window is observable on a loaded machine).
+    let mut emu = Emu::start(
+        &app,
+        &["--sandbox", sb.to_str().unwrap(), "--destroy-delay", "3"],
+    );
+    assert_eq!(emu.launched()["destroy_delay_seconds"], 3.0);
     let escaped = read_pid(&sb.join("escaped.pid"));
     let kept = read_pid(&sb.join("kept.pid"));
     emu.own(escaped);
     emu.own(kept);
     let t = emu.wait_event("terminal", Duration::from_secs(4));
     assert_eq!(t["state"], "TASK_FINISHED");
-    let d = emu.wait_event("destroyed", Duration::from_secs(4));
+    assert!(
+        alive(kept),
+        "still running between the terminal update and the destroy"
+    );
+    let d = emu.wait_event("destroyed", Duration::from_secs(8));
     emu.wait_exit(Duration::from_secs(4));
     let killed: Vec<i64> = d["killed_pids"]
         .as_array()

@@ -440,6 +440,14 @@ impl Watch {
 
 // ------------------------------------------------------------------ fixtures
 
+/// The status condition of `type` in `obj` (Null when absent).
+pub fn condition(obj: &Value, ty: &str) -> Value {
+    obj["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == ty).cloned())
+        .unwrap_or(Value::Null)
+}
+
 pub fn node(name: &str) -> Value {
     serde_json::json!({
         "apiVersion": "v1", "kind": "Node",
