@@ -48,6 +48,27 @@ pub enum KubeletMode {
     Zero,
 }
 
+/// What each signal means is decided here, with the signal handlers.
+/// How a signal ends the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// SIGTERM (Mesos' task kill), SIGINT or SIGHUP: drain and leave nothing running.
+    Drain(i32),
+    /// SIGQUIT: leave now. Stop kubelet without draining; the summary counts what is left.
+    Quit,
+}
+
+impl Ending {
+    /// The ending a signal number asks for, if it asks for one.
+    pub fn of(signal: i32) -> Option<Ending> {
+        match signal {
+            libc::SIGTERM | libc::SIGINT | libc::SIGHUP => Some(Ending::Drain(signal)),
+            libc::SIGQUIT => Some(Ending::Quit),
+            _ => None,
+        }
+    }
+}
+
 /// Where the API drain and the node checks go: credentials and node name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiTarget {
@@ -160,7 +181,7 @@ impl Agent {
         loop {
             tokio::select! {
                 sig = self.signals.recv() => match sig {
-                    Some(s) if crate::serve::Ending::of(s).is_some() => return true,
+                    Some(s) if Ending::of(s).is_some() => return true,
                     Some(_) => continue,
                     None => return false,
                 },

@@ -415,8 +415,13 @@ async fn watch_presence(api: Api<Pod>, node: String, presence: Arc<Presence>) {
                 s.remove(&uid(&p));
             }),
             Err(e) => {
-                tracing::debug!(error = %e, "pod watch interrupted; retrying");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                // Re-list politely: wait out a 429's Retry-After, else a short pause.
+                let wait = match LAST_RETRY_AFTER.swap(0, Ordering::Relaxed) {
+                    0 => Duration::from_millis(200),
+                    secs => Duration::from_secs(secs),
+                };
+                tracing::debug!(error = %e, retry_in_seconds = wait.as_secs_f64(), "pod watch interrupted; retrying");
+                tokio::time::sleep(wait).await;
             }
         }
     }
@@ -597,7 +602,9 @@ async fn evict_one(ctx: &EvictionCtx<'_>, pod: &Pod) -> Evicted {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = changed => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                // Capped at 800 ms: a budget freed by something other than a pod leaving (a
+                // PodDisruptionBudget edited, a pod elsewhere turning Ready) is used within 1 s.
+                backoff = (backoff * 2).min(Duration::from_millis(800));
                 continue;
             }
             Some(429) => {
@@ -925,5 +932,35 @@ mod tests {
         assert_eq!(eviction_grace(Some(30), Duration::from_millis(1500)), 1);
         assert_eq!(eviction_grace(Some(30), Duration::ZERO), 1);
         assert_eq!(eviction_grace(Some(0), Duration::from_secs(100)), 1);
+    }
+
+    #[test]
+    fn pdb_refusals_are_told_from_throttling_and_retry_after_is_read() {
+        let pdb: kube::core::Status = serde_json::from_value(json!({
+            "kind": "Status", "code": 429, "reason": "TooManyRequests",
+            "message": "Cannot evict pod as it would violate the pod's disruption budget.",
+            "details": {"causes": [{"reason": "DisruptionBudget", "message": "The disruption budget db needs 1 healthy pods and has 1 currently"}]}
+        }))
+        .expect("status");
+        assert!(is_pdb_refusal(&pdb));
+        // API Priority and Fairness answers text/plain; kube builds a Status without details.
+        let apf = kube::core::Status::failure("Too many requests, please try again later.", "")
+            .with_code(429);
+        assert!(!is_pdb_refusal(&apf));
+        LAST_RETRY_AFTER.store(0, Ordering::Relaxed);
+        assert_eq!(retry_after(&apf), Duration::from_secs(1));
+        let _ = note_retry_after(
+            http::Response::builder()
+                .status(429)
+                .header(http::header::RETRY_AFTER, "4")
+                .body(())
+                .expect("response"),
+        );
+        assert_eq!(retry_after(&apf), Duration::from_secs(4));
+        let with_details: kube::core::Status = serde_json::from_value(json!({
+            "code": 429, "message": "slow down", "details": {"retryAfterSeconds": 7}
+        }))
+        .expect("status");
+        assert_eq!(retry_after(&with_details), Duration::from_secs(7));
     }
 }

@@ -129,7 +129,9 @@ pub fn standby(args: RunArgs) -> Result<(), Failure> {
                 poll: Duration::from_secs(2),
             };
             match agent.supervise(KubeletMode::Zero, Some(watch)).await? {
-                Stopped::GaveUp(failure) => return Err(failure),
+                Stopped::GaveUp(failure) => {
+                    return Err(taskkill::give_up(&mut agent, failure).await);
+                }
                 Stopped::Signalled { child, .. } => {
                     if let Some(mut child) = child {
                         agent.stop_child(&mut child).await;

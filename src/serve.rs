@@ -1,39 +1,19 @@
 //! The serve phase: keep kubelet running in one mode, restarting it with backoff after
 //! unexpected exits, until a signal ends the agent, standby is asked to yield, or kubelet fails
-//! too often. Which signal means what is decided here ([`Ending`]); what then happens is in
-//! `taskkill` (task kill and every other ending) and `runner` (hand over).
+//! too often. What then happens is in `taskkill` (task kill and every other ending) and
+//! `runner` (hand over).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use tokio::time::sleep;
 
-use crate::agent::{Agent, KubeletMode};
+use crate::agent::{Agent, Ending, KubeletMode};
 use crate::backoff::Decision;
 use crate::exit::Failure;
 use crate::health::Phase;
 use crate::lock;
 use crate::spawner::{Child, ExitInfo};
-
-/// How a signal ends the agent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ending {
-    /// SIGTERM (Mesos' task kill), SIGINT or SIGHUP: drain and leave nothing running.
-    Drain(i32),
-    /// SIGQUIT: leave now. Stop kubelet without draining; the summary counts what is left.
-    Quit,
-}
-
-impl Ending {
-    /// The ending a signal number asks for, if it asks for one.
-    pub fn of(signal: i32) -> Option<Ending> {
-        match signal {
-            libc::SIGTERM | libc::SIGINT | libc::SIGHUP => Some(Ending::Drain(signal)),
-            libc::SIGQUIT => Some(Ending::Quit),
-            _ => None,
-        }
-    }
-}
 
 /// Why supervision stopped.
 #[derive(Debug)]

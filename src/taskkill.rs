@@ -24,12 +24,11 @@ use std::time::{Duration, Instant};
 use kube::Client;
 use tokio::sync::Notify;
 
-use crate::agent::{Agent, ApiTarget, KubeletMode};
+use crate::agent::{Agent, ApiTarget, Ending, KubeletMode};
 use crate::cli::{DrainAtDeadline, RunArgs};
 use crate::drain::{self, ApiError, DrainOptions, DrainReport, Politeness};
 use crate::exit::Failure;
 use crate::health::Phase;
-use crate::serve::Ending;
 use crate::spawner::{Child, ExitInfo};
 
 /// The end of the drain budget given to a kubelet with zero allocatable and zero pods, when
@@ -216,11 +215,10 @@ async fn api_drain(
     report: &mut KillReport,
 ) {
     let policy = agent.args.drain_at_deadline;
+    // A short budget gives the evictions at least its first half.
+    let force_window = FORCE_WINDOW.min(window_end.saturating_duration_since(Instant::now()) / 2);
     let evictions_end = match policy {
-        DrainAtDeadline::Force => window_end
-            .checked_sub(FORCE_WINDOW)
-            .filter(|t| *t > Instant::now())
-            .unwrap_or_else(Instant::now),
+        DrainAtDeadline::Force => window_end.checked_sub(force_window).unwrap_or(window_end),
         DrainAtDeadline::Leave => window_end,
     };
     let opts = DrainOptions {
@@ -265,7 +263,7 @@ async fn api_drain(
     let drain_report = match result {
         Ok(d) => d,
         Err(e) => {
-            tracing::warn!(error = %e, "API drain failed; falling back to zero allocatable and zero pods");
+            tracing::warn!(error = %e, "API drain not possible; falling back to zero allocatable and zero pods for the rest of the window");
             report.note = format!("{e}; fell back to zero allocatable and --max-pods=0");
             report.zero_kubelet_starts = zero_window(agent, window_end).await;
             (report.left, report.left_counted_from) = count_left(agent, Some(&client)).await;
@@ -286,7 +284,7 @@ async fn api_drain(
         );
         report.forced = report.blocked;
         agent.metrics.node.forced_pods.inc_by(report.forced);
-        let until = window_end.min(Instant::now() + FORCE_WINDOW);
+        let until = window_end.min(Instant::now() + force_window.max(FORCE_WINDOW / 2));
         report.zero_kubelet_starts = zero_window(agent, until).await;
     }
     let (left, from) = count_left(agent, Some(&client)).await;

@@ -24,10 +24,11 @@ impl Cluster {
         let scratch = Scratch::new(4, 8);
         let kubeconfig = scratch.path("kubelet.kubeconfig");
         api.node_kubeconfig(&kubeconfig);
+        // Upstream's cadence: node status computed every 10 s and posted on change or every
+        // 5 min; the node Lease renewed every 10 s (leaseDurationSeconds 40).
         let kubelet_args = vec![
             format!("--kubeconfig={}", kubeconfig.display()),
             format!("--hostname-override={NODE}"),
-            "--node-status-update-frequency=1s".to_string(),
         ];
         Cluster {
             api,
@@ -45,6 +46,39 @@ impl Cluster {
             port,
             &["--health-max-failures", "1000", "--kill-grace", grace],
         )
+    }
+
+    /// The pid of a pod's process as the kubelet double recorded it.
+    fn pod_pid(&self, name: &str) -> Option<i32> {
+        let st = self.scratch.kubelet_status()?;
+        st["pods"]
+            .as_array()?
+            .iter()
+            .find(|p| p["name"] == name)
+            .and_then(|p| p["pid"].as_i64())
+            .map(|p| p as i32)
+    }
+
+    fn pod_object(&self, name: &str) -> Value {
+        self.api
+            .admin(
+                "GET",
+                &format!("/api/v1/namespaces/default/pods/{name}"),
+                None,
+            )
+            .1
+    }
+
+    fn create_pdb(&self, app: &str, max_unavailable: u32) {
+        let pdb = json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+            "metadata": {"name": app, "namespace": "default"},
+            "spec": {"maxUnavailable": max_unavailable, "selector": {"matchLabels": {"app": app}}}});
+        let (code, body) = self.api.admin(
+            "POST",
+            "/apis/policy/v1/namespaces/default/poddisruptionbudgets",
+            Some(&pdb),
+        );
+        assert_eq!(code, 201, "{body}");
     }
 
     fn node(&self) -> Value {
@@ -115,7 +149,7 @@ fn kill_cordons_evicts_twenty_pods_reports_the_pdb_and_uncordons_on_return() {
     let mut emu = c.launch(port, &[("KRW_DRAIN_TIMEOUT", "8")], "10");
     emu.expect_healthy(Duration::from_secs(25));
     // 16 ReplicaSet pods, one emptyDir pod, one DaemonSet pod, one mirror pod, and one pod a
-    // PodDisruptionBudget protects (BestEffort, so zero allocatable does not reject it either).
+    // PodDisruptionBudget protects (with requests, so only the lease kubelet would run it).
     for i in 0..16 {
         c.create_pod(&format!("web-{i}"), Some("ReplicaSet"), true, json!({}));
     }
@@ -132,20 +166,8 @@ fn kill_cordons_evicts_twenty_pods_reports_the_pdb_and_uncordons_on_return() {
         false,
         json!({"metadata": {"annotations": {"kubernetes.io/config.mirror": "abc"}}}),
     );
-    c.create_pod("guarded-0", Some("ReplicaSet"), false, json!({}));
-    let pdb = json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
-        "metadata": {"name": "guarded", "namespace": "default"},
-        "spec": {"maxUnavailable": 0, "selector": {"matchLabels": {"app": "guarded"}}}});
-    assert_eq!(
-        c.api
-            .admin(
-                "POST",
-                "/apis/policy/v1/namespaces/default/poddisruptionbudgets",
-                Some(&pdb)
-            )
-            .0,
-        201
-    );
+    c.create_pod("guarded-0", Some("ReplicaSet"), true, json!({}));
+    c.create_pdb("guarded", 0);
     c.wait_running(20);
 
     emu.kill_task();
@@ -170,26 +192,25 @@ fn kill_cordons_evicts_twenty_pods_reports_the_pdb_and_uncordons_on_return() {
         node["metadata"]["annotations"][MARKER].is_string(),
         "{node}"
     );
-    let mut left: Vec<String> = c.api.pods_on(NODE).into_iter().map(|p| p.0).collect();
+    // Evicted pods are gone; what the drain skipped or the budget guarded was forced off the
+    // node at the end of the budget (zero allocatable, --max-pods=0): Failed, not running.
+    let mut left: Vec<(String, String, bool)> = c.api.pods_on(NODE);
     left.sort();
+    let names: Vec<&str> = left.iter().map(|p| p.0.as_str()).collect();
     assert_eq!(
-        left,
+        names,
         ["ds-0", "guarded-0", "static-0"],
         "evictable pods remain"
     );
+    assert!(left.iter().all(|p| p.1 == "Failed"), "{left:?}");
     let log = emu.task_stderr();
     let s = summary(&log);
     assert_eq!(s["mode"], "api-drain", "{s}");
     assert_eq!(s["evicted"], 17, "{s}");
     assert_eq!(s["blocked_by_pdb"], 1, "{s}");
-    assert_eq!(s["left_behind"], 3, "{s}");
-    assert!(
-        s["left"]
-            .as_str()
-            .unwrap_or("")
-            .contains("default/guarded-0 (PodDisruptionBudget)"),
-        "{s}"
-    );
+    assert_eq!(s["forced_past_pdb"], 1, "{s}");
+    assert_eq!(s["left_behind"], 0, "{s}");
+    assert_eq!(s["left_counted_from"], "api", "{s}");
     emu.wait_for(Duration::from_secs(5), |v| v["event"] == "destroyed");
 
     // The task comes back on the same host: the agent's own cordon is lifted.
@@ -211,7 +232,7 @@ fn kill_cordons_evicts_twenty_pods_reports_the_pdb_and_uncordons_on_return() {
 fn an_operators_cordon_is_kept_through_kill_and_return() {
     let c = Cluster::new();
     let port = free_port();
-    let mut emu = c.launch(port, &[], "6");
+    let mut emu = c.launch(port, &[("KRW_DRAIN_TIMEOUT", "5")], "6");
     emu.expect_healthy(Duration::from_secs(25));
     let cordon = json!({"spec": {"unschedulable": true}});
     let (code, body) = c
@@ -270,6 +291,7 @@ fn api_down_falls_back_to_zero_allocatable_within_the_grace_period() {
     );
     let log = emu.task_stderr();
     assert_eq!(log.matches("API drain not possible").count(), 1, "{log}");
+    assert_eq!(summary(&log)["ending"], "SIGTERM");
     assert_eq!(summary(&log)["mode"], "zero-allocatable");
     // Zero allocatable still stopped the pod that requests resources.
     assert!(wait_until(Duration::from_secs(3), || pods
@@ -354,6 +376,25 @@ fn a_dedicated_identity_with_only_the_shipped_rbac_can_drain() {
             .0,
         201
     );
+    // `get` on leases in kube-node-lease only (the node liveness check), as the RBAC manifest.
+    let role = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": "kubelet-resource-wrapper-lease", "namespace": "kube-node-lease"},
+        "rules": [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get"]}]});
+    let path = "/apis/rbac.authorization.k8s.io/v1/namespaces/kube-node-lease";
+    assert_eq!(
+        c.api.admin("POST", &format!("{path}/roles"), Some(&role)).0,
+        201
+    );
+    let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "kubelet-resource-wrapper-lease", "namespace": "kube-node-lease"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "kubelet-resource-wrapper-lease"},
+        "subjects": [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": "drainer"}]});
+    assert_eq!(
+        c.api
+            .admin("POST", &format!("{path}/rolebindings"), Some(&binding))
+            .0,
+        201
+    );
     let kubeconfig = c.scratch.path("drainer.kubeconfig");
     std::fs::write(&kubeconfig, json!({
         "apiVersion": "v1", "kind": "Config",
@@ -364,8 +405,20 @@ fn a_dedicated_identity_with_only_the_shipped_rbac_can_drain() {
     }).to_string()).expect("kubeconfig");
     let port = free_port();
     let kc = kubeconfig.display().to_string();
-    let mut emu = c.launch(port, &[("KRW_KUBECONFIG", kc.as_str())], "6");
+    let mut emu = c.launch(
+        port,
+        &[("KRW_KUBECONFIG", kc.as_str()), ("KRW_DRAIN_TIMEOUT", "5")],
+        "6",
+    );
     emu.expect_healthy(Duration::from_secs(25));
+    // The dedicated identity reads the node Lease: no "Lease not readable" in the 200 body.
+    assert!(
+        wait_until(Duration::from_secs(5), || http("GET", port, "/healthz")
+            .is_some_and(|(code, body)| code == 200 && body.trim() == "ok")),
+        "{:?}\n{}",
+        http("GET", port, "/healthz"),
+        emu.task_stderr()
+    );
     for i in 0..3 {
         c.create_pod(&format!("web-{i}"), Some("ReplicaSet"), true, json!({}));
     }
@@ -379,4 +432,283 @@ fn a_dedicated_identity_with_only_the_shipped_rbac_can_drain() {
     assert_eq!(summary(&log)["mode"], "api-drain", "{log}");
     assert!(c.api.pods_on(NODE).is_empty());
     assert_eq!(c.node()["spec"]["unschedulable"], true);
+}
+
+fn metric(port: u16, name: &str) -> Option<f64> {
+    let (_, text) = http("GET", port, "/metrics")?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+fn ready_heartbeat_age_seconds(node: &Value) -> f64 {
+    let hb = node["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+        .and_then(|c| c["lastHeartbeatTime"].as_str())
+        .map(str::to_string)
+        .expect("Ready heartbeat");
+    let out = std::process::Command::new("date")
+        .args(["-u", "-d", &hb, "+%s"])
+        .output()
+        .expect("date");
+    let then: f64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("epoch");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    now - then
+}
+
+#[test]
+fn healthy_at_upstream_cadence_long_after_the_last_status_post() {
+    // kubelet's real cadence: the status is posted once at start and then every 5 min; the
+    // Lease is renewed every 10 s. The agent's rule is not shortened: the check must stay 200
+    // for longer than the old 60 s heartbeat rule and a full 40 s Lease duration.
+    let c = Cluster::new();
+    let port = free_port();
+    let metrics_port = free_port();
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let mut emu = c.launch(port, &[("KRW_METRICS_ADDR", metrics.as_str())], "6");
+    emu.expect_healthy(Duration::from_secs(25));
+    let until = std::time::Instant::now() + Duration::from_secs(75);
+    while std::time::Instant::now() < until {
+        let (code, body) = http("GET", port, "/healthz").expect("answer");
+        assert_eq!(code, 200, "{body}\n{}", emu.task_stderr());
+        assert_eq!(body.trim(), "ok", "{body}");
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    // The heartbeat is well past the old rule's 60 s; the Lease carries liveness.
+    let node = c.node();
+    assert!(ready_heartbeat_age_seconds(&node) > 60.0, "{node}");
+    assert_eq!(metric(metrics_port, "krw_node_lease_expired"), Some(0.0));
+    assert_eq!(metric(metrics_port, "krw_node_ready"), Some(1.0));
+    assert_eq!(metric(metrics_port, "krw_api_reachable"), Some(1.0));
+    emu.kill_task();
+    emu.wait_for(Duration::from_secs(15), |v| v["event"] == "destroyed");
+}
+
+#[test]
+fn api_down_for_several_probe_intervals_stays_healthy_and_says_so() {
+    let c = Cluster::new();
+    let port = free_port();
+    let metrics_port = free_port();
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let mut emu = c.launch(port, &[("KRW_METRICS_ADDR", metrics.as_str())], "6");
+    emu.expect_healthy(Duration::from_secs(25));
+    std::fs::write(&c.api.fault_file, "down").expect("fault");
+    // Node checks every 0.5 s, probes every 0.3 s: 8 s is many of both.
+    let until = std::time::Instant::now() + Duration::from_secs(8);
+    let mut said_so = false;
+    while std::time::Instant::now() < until {
+        let (code, body) = http("GET", port, "/healthz").expect("answer");
+        assert_eq!(code, 200, "{body}");
+        said_so |= body.contains("Kubernetes API not answering");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(said_so, "the outage is reported in the 200 body");
+    assert_eq!(metric(metrics_port, "krw_api_reachable"), Some(0.0));
+    assert_eq!(metric(metrics_port, "krw_node_lease_expired"), Some(0.0));
+    std::fs::remove_file(&c.api.fault_file).expect("fault");
+    assert!(
+        wait_until(Duration::from_secs(10), || http("GET", port, "/healthz")
+            .is_some_and(|(code, body)| code == 200 && body.trim() == "ok")),
+        "not back to a plain ok"
+    );
+    emu.kill_task();
+    emu.wait_for(Duration::from_secs(15), |v| v["event"] == "destroyed");
+}
+
+#[test]
+fn a_kubelet_that_stops_renewing_its_lease_while_the_api_answers_gets_503() {
+    let c = Cluster::new();
+    let port = free_port();
+    let metrics_port = free_port();
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let stuck = c.scratch.path("lease-stuck");
+    let fault = format!("no-lease-while={}", stuck.display());
+    // The double's Lease lasts 4 s (renewed every 1 s); the agent's rule reads the duration
+    // from the Lease, as it does for upstream's 40 s.
+    let mut emu = c.launch(
+        port,
+        &[
+            ("KRW_METRICS_ADDR", metrics.as_str()),
+            ("FAKE_KUBELET_NODE_LEASE_DURATION_SECONDS", "4"),
+            ("FAKE_KUBELET_FAULT", fault.as_str()),
+        ],
+        "6",
+    );
+    emu.expect_healthy(Duration::from_secs(25));
+    assert_eq!(metric(metrics_port, "krw_node_lease_expired"), Some(0.0));
+    // Every node and drain series exists from start.
+    for name in [
+        "krw_drain_left_behind_pods",
+        "krw_drain_forced_pods_total",
+        "krw_api_throttled_total",
+    ] {
+        assert_eq!(metric(metrics_port, name), Some(0.0), "{name}");
+    }
+    for name in ["krw_node_ready", "krw_api_reachable"] {
+        assert!(metric(metrics_port, name).is_some(), "{name}");
+    }
+    std::fs::write(&stuck, "").expect("fault");
+    assert!(
+        wait_until(Duration::from_secs(12), || http("GET", port, "/healthz")
+            .is_some_and(|(code, body)| code == 503
+                && body.contains(
+                    "not renewing its node Lease while the API answers"
+                ))),
+        "{:?}",
+        http("GET", port, "/healthz")
+    );
+    assert_eq!(metric(metrics_port, "krw_node_lease_expired"), Some(1.0));
+    std::fs::remove_file(&stuck).expect("fault");
+    assert!(
+        wait_until(Duration::from_secs(10), || http("GET", port, "/healthz")
+            .is_some_and(|(code, _)| code == 200)),
+        "not healthy again once the Lease is renewed"
+    );
+    emu.kill_task();
+    emu.wait_for(Duration::from_secs(15), |v| v["event"] == "destroyed");
+}
+
+#[test]
+fn a_guarded_pod_with_requests_survives_the_first_half_of_the_budget_then_is_forced() {
+    let c = Cluster::new();
+    let port = free_port();
+    let metrics_port = free_port();
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let mut emu = c.launch(
+        port,
+        &[
+            ("KRW_DRAIN_TIMEOUT", "10"),
+            ("KRW_METRICS_ADDR", metrics.as_str()),
+        ],
+        "12",
+    );
+    emu.expect_healthy(Duration::from_secs(25));
+    c.create_pod("guarded-0", Some("ReplicaSet"), true, json!({}));
+    c.create_pdb("guarded", 0);
+    c.wait_running(1);
+    let pid = c.pod_pid("guarded-0").expect("pid");
+    let killed = std::time::Instant::now();
+    emu.kill_task();
+    std::thread::sleep(Duration::from_millis(4500).saturating_sub(killed.elapsed()));
+    assert!(
+        alive(pid),
+        "guarded pod killed in the first half of the budget"
+    );
+    assert_eq!(c.pod_object("guarded-0")["status"]["phase"], "Running");
+    let terminal = emu
+        .wait_for(Duration::from_secs(15), |v| v["event"] == "terminal")
+        .expect("terminal");
+    assert_eq!(terminal["exit_code"], 0, "{}", emu.task_stderr());
+    assert!(
+        wait_until(Duration::from_secs(2), || !alive(pid)),
+        "forced pod survived"
+    );
+    let s = summary(&emu.task_stderr());
+    assert_eq!(s["blocked_by_pdb"], 1, "{s}");
+    assert_eq!(s["forced_past_pdb"], 1, "{s}");
+    assert_eq!(s["left_behind"], 0, "{s}");
+    emu.wait_for(Duration::from_secs(5), |v| v["event"] == "destroyed");
+}
+
+#[test]
+fn a_budget_freed_after_3s_is_used_within_1s() {
+    let c = Cluster::new();
+    let port = free_port();
+    let mut emu = c.launch(port, &[("KRW_DRAIN_TIMEOUT", "12")], "14");
+    emu.expect_healthy(Duration::from_secs(25));
+    c.create_pod("guarded-0", Some("ReplicaSet"), true, json!({}));
+    c.create_pdb("guarded", 0);
+    c.wait_running(1);
+    emu.kill_task();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        c.pod_object("guarded-0")["metadata"]["deletionTimestamp"].is_null(),
+        "evicted past its budget"
+    );
+    let patch = json!({"spec": {"maxUnavailable": 1}});
+    let (code, body) = c.api.admin(
+        "PATCH",
+        "/apis/policy/v1/namespaces/default/poddisruptionbudgets/guarded",
+        Some(&patch),
+    );
+    assert_eq!(code, 200, "{body}");
+    let freed = std::time::Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let p = c.pod_object("guarded-0");
+            p["metadata"]["deletionTimestamp"].is_string() || p["kind"] == "Status"
+        }),
+        "never evicted"
+    );
+    let took = freed.elapsed();
+    assert!(
+        took < Duration::from_millis(1000),
+        "budget used after {took:?}"
+    );
+    let terminal = emu
+        .wait_for(Duration::from_secs(15), |v| v["event"] == "terminal")
+        .expect("terminal");
+    assert_eq!(terminal["exit_code"], 0, "{}", emu.task_stderr());
+    let s = summary(&emu.task_stderr());
+    assert_eq!(s["evicted"], 1, "{s}");
+    assert_eq!(s["forced_past_pdb"], 0, "{s}");
+    let note = s["note"].as_str().unwrap_or("");
+    let refusals: u64 = note
+        .split("; ")
+        .find_map(|p| p.strip_suffix(" PodDisruptionBudget refusals retried"))
+        .and_then(|n| n.parse().ok())
+        .expect("refusal count in the note");
+    assert!(refusals > 0, "{s}");
+    emu.wait_for(Duration::from_secs(5), |v| v["event"] == "destroyed");
+}
+
+#[test]
+fn a_pod_that_traps_sigterm_gets_its_full_grace() {
+    let c = Cluster::new();
+    let port = free_port();
+    let mut emu = c.launch(port, &[("KRW_DRAIN_TIMEOUT", "12")], "14");
+    emu.expect_healthy(Duration::from_secs(25));
+    c.create_pod(
+        "stubborn-0",
+        Some("ReplicaSet"),
+        true,
+        json!({"spec": {"terminationGracePeriodSeconds": 3,
+            "containers": [{"name": "c", "image": "busybox",
+                "command": ["sh", "-c", "trap '' TERM; sleep 3600"],
+                "resources": {"requests": {"cpu": "50m"}}}]}}),
+    );
+    c.wait_running(1);
+    let pid = c.pod_pid("stubborn-0").expect("pid");
+    emu.kill_task();
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            c.pod_object("stubborn-0")["metadata"]["deletionTimestamp"].is_string()
+        }),
+        "not evicted"
+    );
+    let evicted = std::time::Instant::now();
+    assert_eq!(
+        c.pod_object("stubborn-0")["metadata"]["deletionGracePeriodSeconds"],
+        3
+    );
+    std::thread::sleep(Duration::from_millis(2300));
+    assert!(alive(pid), "killed before its 3 s grace ran out");
+    assert!(
+        wait_until(Duration::from_secs(4), || !alive(pid)),
+        "still running {:?} after eviction",
+        evicted.elapsed()
+    );
+    let terminal = emu
+        .wait_for(Duration::from_secs(15), |v| v["event"] == "terminal")
+        .expect("terminal");
+    assert_eq!(terminal["exit_code"], 0, "{}", emu.task_stderr());
+    let s = summary(&emu.task_stderr());
+    assert_eq!(s["evicted"], 1, "{s}");
+    emu.wait_for(Duration::from_secs(5), |v| v["event"] == "destroyed");
 }

@@ -255,3 +255,61 @@ fn the_host_settings_file_reaches_run_and_the_metrics_port_follows_the_host() {
         "standby did not take the metrics port back"
     );
 }
+
+#[test]
+fn standby_neither_keeps_nor_admits_a_best_effort_pod() {
+    let scratch = Scratch::new(4, 8);
+    scratch.pod("besteffort", "", "");
+    // A `run` leaves the BestEffort pod running behind it (SIGQUIT: leave without draining).
+    let port = free_port();
+    let args_file = scratch.path("kubelet-args");
+    std::fs::write(&args_file, scratch.kubelet_args().join("\n")).expect("args file");
+    let mut run = spawn_agent(
+        &["run".to_string()],
+        &[
+            ("KRW_KUBELET", double("fake-kubelet").display().to_string()),
+            ("KRW_KUBELET_ARGS_FILE", args_file.display().to_string()),
+            ("KRW_HOST_ROOT", scratch.host_root().display().to_string()),
+            ("KRW_LOCK_FILE", scratch.lock_file().display().to_string()),
+            ("KRW_HEALTH_ADDR", format!("127.0.0.1:{port}")),
+            ("KRW_KUBELET_HEALTHZ_PORT", "0".into()),
+            ("KRW_CPUS", "1".into()),
+            ("KRW_MEM", "512".into()),
+            (
+                "FAKE_KUBELET_HOST_ROOT",
+                scratch.host_root().display().to_string(),
+            ),
+            ("FAKE_KUBELET_SYNC_INTERVAL_MS", "200".into()),
+        ],
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || scratch
+            .pod_pids()
+            .iter()
+            .any(|p| alive(*p))),
+        "pod never ran: {}",
+        run.stderr_text()
+    );
+    let pid = scratch.pod_pids()[0];
+    run.signal(libc::SIGQUIT);
+    assert_eq!(run.wait_exit(Duration::from_secs(5)), Some(Some(0)));
+    assert!(alive(pid), "left running by SIGQUIT");
+
+    let _standby = start_standby(&scratch);
+    assert!(
+        wait_until(Duration::from_secs(5), || !alive(pid)),
+        "standby kept the BestEffort pod running"
+    );
+    let st = scratch.kubelet_status().expect("status");
+    assert_eq!(st["max_pods"], 0, "{st}");
+    let pod = st["pods"]
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["name"] == "besteffort"))
+        .cloned()
+        .expect("pod known to kubelet");
+    assert_eq!(pod["phase"], "Failed", "{pod}");
+    assert_eq!(pod["reason"], "OutOfpods", "{pod}");
+    // Still not admitted a while later.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(scratch.pod_pids().iter().all(|p| !alive(*p)));
+}

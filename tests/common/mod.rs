@@ -523,15 +523,20 @@ pub const ADMIN: &str = "admin-token";
 impl ApiServer {
     /// With token authentication (see the struct doc).
     pub fn start(node: &str) -> ApiServer {
-        ApiServer::launch(double("fake-apiserver"), Some(node))
+        ApiServer::launch(double("fake-apiserver"), Some(node), &[])
     }
 
     /// `binary` without a token file: every request is served as an administrator.
     pub fn open(binary: PathBuf) -> ApiServer {
-        ApiServer::launch(binary, None)
+        ApiServer::launch(binary, None, &[])
     }
 
-    fn launch(binary: PathBuf, node: Option<&str>) -> ApiServer {
+    /// [`ApiServer::open`] with extra server arguments (e.g. `--max-inflight`).
+    pub fn open_with(binary: PathBuf, args: &[String]) -> ApiServer {
+        ApiServer::launch(binary, None, args)
+    }
+
+    fn launch(binary: PathBuf, node: Option<&str>, args: &[String]) -> ApiServer {
         let dir = tempfile::tempdir().expect("tmp");
         let port_file = dir.path().join("port");
         let fault_file = dir.path().join("fault");
@@ -542,6 +547,7 @@ impl ApiServer {
             .arg(&port_file)
             .arg("--fault-file")
             .arg(&fault_file)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());

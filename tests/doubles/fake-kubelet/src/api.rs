@@ -375,7 +375,7 @@ impl NodeInfo {
         (cap, alloc)
     }
 
-    fn conditions(&self, since: &str) -> Value {
+    fn conditions(&self, since: &str, ready_since: Option<&str>) -> Value {
         let now = util::now_rfc3339();
         let c = |t: &str, s: &str, reason: &str, msg: &str| json!({"type": t, "status": s, "lastHeartbeatTime": now, "lastTransitionTime": since, "reason": reason, "message": msg});
         json!([
@@ -397,21 +397,26 @@ impl NodeInfo {
                 "KubeletHasSufficientPID",
                 "kubelet has sufficient PID available"
             ),
-            c(
-                "Ready",
-                "True",
-                "KubeletReady",
-                "kubelet is posting ready status"
-            ),
+            match ready_since {
+                Some(t) => json!({"type": "Ready", "status": "True", "lastHeartbeatTime": now,
+                    "lastTransitionTime": t, "reason": "KubeletReady",
+                    "message": "kubelet is posting ready status"}),
+                None => c(
+                    "Ready",
+                    "False",
+                    "KubeletNotReady",
+                    "container runtime status check may not have completed yet"
+                ),
+            },
         ])
     }
 
-    fn status(&self, since: &str) -> Value {
+    fn status(&self, since: &str, ready_since: Option<&str>) -> Value {
         let (cap, alloc) = self.resources();
         json!({
             "capacity": cap,
             "allocatable": alloc,
-            "conditions": self.conditions(since),
+            "conditions": self.conditions(since, ready_since),
             "addresses": [
                 {"type": "InternalIP", "address": "127.0.0.1"},
                 {"type": "Hostname", "address": self.name},
@@ -427,7 +432,7 @@ impl NodeInfo {
         })
     }
 
-    pub fn node_object(&self, since: &str) -> Value {
+    pub fn node_object(&self, since: &str, ready_since: Option<&str>) -> Value {
         let arch = match std::env::consts::ARCH {
             "x86_64" => "amd64",
             "aarch64" => "arm64",
@@ -448,7 +453,7 @@ impl NodeInfo {
                 "annotations": {"volumes.kubernetes.io/controller-managed-attach-detach": "true"},
             },
             "spec": {},
-            "status": self.status(since),
+            "status": self.status(since, ready_since),
         })
     }
 }
@@ -461,6 +466,10 @@ pub struct StatusCadence {
     pub update_every: Duration,
     pub report_every: Duration,
 }
+
+/// How long after start the double reports Ready=True (kubelet reports Ready=False until its
+/// container runtime and network checks first pass: `nodestatus/setters.go` `ReadyCondition`).
+const RUNTIME_READY_AFTER: Duration = Duration::from_secs(1);
 
 /// The status without its heartbeat times: what `nodeStatusHasChanged` compares.
 fn without_heartbeats(status: &Value) -> Value {
@@ -486,7 +495,7 @@ pub fn node_loop(client: Client, info: NodeInfo, cadence: StatusCadence) {
             "POST",
             "/api/v1/nodes",
             "application/json",
-            &info.node_object(&since),
+            &info.node_object(&since, None),
         ) {
             Ok((200..=202, _)) => {
                 log(
@@ -515,8 +524,15 @@ pub fn node_loop(client: Client, info: NodeInfo, cadence: StatusCadence) {
     }
     let path = format!("/api/v1/nodes/{}/status", info.name);
     let mut last_posted: Option<(std::time::Instant, Value)> = None;
+    // Ready=False (KubeletNotReady) until the first runtime check passes, about a second in;
+    // the flip is a change, so it is posted at once.
+    let runtime_ready_at = std::time::Instant::now() + RUNTIME_READY_AFTER;
+    let mut ready_since: Option<String> = None;
     loop {
-        let status = info.status(&since);
+        if ready_since.is_none() && std::time::Instant::now() >= runtime_ready_at {
+            ready_since = Some(util::now_rfc3339());
+        }
+        let status = info.status(&since, ready_since.as_deref());
         let stripped = without_heartbeats(&status);
         let due = match &last_posted {
             None => true,
@@ -536,8 +552,21 @@ pub fn node_loop(client: Client, info: NodeInfo, cadence: StatusCadence) {
                 ),
             }
         }
-        std::thread::sleep(cadence.update_every);
+        // Until Ready=True is posted, kubelet checks every 100 ms (`fastStatusUpdateOnce`).
+        let ready_posted =
+            ready_since.is_some() && last_posted.is_some() && !due_again(&last_posted, &status);
+        std::thread::sleep(if ready_posted {
+            cadence.update_every
+        } else {
+            cadence.update_every.min(Duration::from_millis(100))
+        });
     }
+}
+
+/// Whether the last post differs from `status` (heartbeat times aside).
+fn due_again(last: &Option<(std::time::Instant, Value)>, status: &Value) -> bool {
+    last.as_ref()
+        .is_none_or(|(_, prev)| *prev != without_heartbeats(status))
 }
 
 /// The node Lease, as `staging/src/k8s.io/component-helpers/apimachinery/lease/controller.go`

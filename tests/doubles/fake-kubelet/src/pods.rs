@@ -280,7 +280,7 @@ impl PodState {
             proc_: None,
             started_at: None,
             restarts: 0,
-            backoff: Duration::from_secs(1),
+            backoff: container_backoff(),
             next_start: Instant::now(),
             kill: None,
             removing: false,
@@ -395,6 +395,17 @@ struct Record {
     uid: String,
     pid: i32,
     start: u64,
+}
+
+/// The first restart delay of an exited container: kubelet's `backOffPeriod` (10 s), doubling
+/// to `MaxContainerBackOff` (300 s = 30 × it). `FAKE_KUBELET_CONTAINER_BACKOFF` (a Go duration)
+/// shortens it for tests.
+fn container_backoff() -> Duration {
+    std::env::var("FAKE_KUBELET_CONTAINER_BACKOFF")
+        .ok()
+        .and_then(|v| crate::flags::parse_go_duration(&v))
+        .filter(|d| !d.is_zero())
+        .unwrap_or(Duration::from_secs(10))
 }
 
 /// `HandlePodCleanups` kills containers of pods unknown to the pod workers (rejected at
@@ -690,7 +701,7 @@ impl Engine {
                 }
                 st.restarts += 1;
                 st.next_start = now + st.backoff;
-                st.backoff = (st.backoff * 2).min(Duration::from_secs(10));
+                st.backoff = (st.backoff * 2).min(container_backoff() * 30);
                 st.set_phase("Pending");
                 continue;
             }
@@ -714,7 +725,7 @@ impl Engine {
                 Err(e) => {
                     st.message = e.to_string();
                     st.next_start = now + st.backoff;
-                    st.backoff = (st.backoff * 2).min(Duration::from_secs(10));
+                    st.backoff = (st.backoff * 2).min(container_backoff() * 30);
                     log(
                         'E',
                         &format!(

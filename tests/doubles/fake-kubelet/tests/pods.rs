@@ -338,6 +338,7 @@ fn exited_container_is_restarted_and_orphans_are_killed_on_restart() {
                 manifests.path().display()
             ))
             .env(FAST.0, FAST.1)
+            .env("FAKE_KUBELET_CONTAINER_BACKOFF", "1s")
     };
     let mut k = Kubelet::start(o());
     let st = k.wait_status(Duration::from_secs(3), |s| running(s, "p").is_some());
