@@ -6,9 +6,18 @@
 //! fake-marathon --listen 127.0.0.1:0 --schema AppDefinition.json --hosts h1,h2,h3
 //!               [--credentials user:pass] [--token T] [--deploy-seconds 0.5] [--port-file PATH]
 //! ```
+//!
+//! Live mode (`--agents agents.json --emulator mesos-task-emulator`): the fake really deploys —
+//! every task is a `mesos-task-emulator` process on one of the agents, health comes from the
+//! emulator's MESOS_HTTP results, and deployments follow Marathon's actors (see `live.rs`).
+//! ```text
+//!               [--agents agents.json --emulator PATH] [--time-scale 1] [--offer-interval 1]
+//!               [--event-log PATH]
+//! ```
 //! Prints exactly one line `listening on http://127.0.0.1:PORT` on stdout once it accepts connections;
 //! request log lines go to stderr.
 
+mod live;
 mod model;
 mod util;
 
@@ -62,7 +71,27 @@ struct Cli {
     /// Also write the bound port number to this file.
     #[arg(long)]
     port_file: Option<PathBuf>,
+    /// Live mode: a JSON list of agents (hostname, sandbox_root, extra_env, health_port, cpus,
+    /// mem); every task becomes a mesos-task-emulator process on one of them.
+    #[arg(long, requires = "emulator")]
+    agents: Option<PathBuf>,
+    /// The mesos-task-emulator binary (live mode).
+    #[arg(long)]
+    emulator: Option<PathBuf>,
+    /// Live mode: multiply every pace taken from an app (health checks, backoff); the kill grace
+    /// stays as the app says.
+    #[arg(long, default_value_t = 1.0)]
+    time_scale: f64,
+    /// Live mode: Mesos' allocation interval, how often queued instances get offers (seconds).
+    #[arg(long, default_value_t = 1.0)]
+    offer_interval: f64,
+    /// Live mode: append one JSON line per task and deployment event to this file.
+    #[arg(long)]
+    event_log: Option<PathBuf>,
 }
+
+/// How often the live world is stepped (status updates, deployments, offers).
+const LIVE_TICK: Duration = Duration::from_millis(50);
 
 #[derive(Debug, thiserror::Error)]
 enum StartError {
@@ -82,6 +111,12 @@ enum StartError {
     DeploySeconds(f64),
     #[error("--hosts must name at least one host")]
     NoHosts,
+    #[error("cannot read agents file {path}: {message}")]
+    Agents { path: PathBuf, message: String },
+    #[error("--time-scale and --offer-interval must be finite numbers > 0")]
+    Timing,
+    #[error("cannot open event log: {0}")]
+    EventLog(std::io::Error),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -125,6 +160,34 @@ fn main() -> ExitCode {
     }
 }
 
+fn load_live(
+    cli: &Cli,
+    path: &PathBuf,
+    emulator: &std::path::Path,
+) -> Result<live::Live, StartError> {
+    let bad = |message: String| StartError::Agents {
+        path: path.clone(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let agents: Vec<live::Agent> = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    if agents.is_empty() {
+        return Err(StartError::NoHosts);
+    }
+    let ok = |v: f64| v.is_finite() && v > 0.0;
+    if !ok(cli.time_scale) || !ok(cli.offer_interval) {
+        return Err(StartError::Timing);
+    }
+    live::Live::new(live::LiveConfig {
+        agents,
+        emulator: emulator.to_path_buf(),
+        time_scale: cli.time_scale,
+        offer_interval: Duration::from_secs_f64(cli.offer_interval),
+        event_log: cli.event_log.clone(),
+    })
+    .map_err(StartError::EventLog)
+}
+
 fn load_validator(path: &PathBuf) -> Result<jsonschema::Validator, StartError> {
     let text = std::fs::read_to_string(path).map_err(|source| StartError::SchemaRead {
         path: path.clone(),
@@ -159,6 +222,10 @@ async fn serve(cli: Cli) -> Result<(), StartError> {
         return Err(StartError::NoHosts);
     }
     let validator = load_validator(&cli.schema)?;
+    let state = match (&cli.agents, &cli.emulator) {
+        (Some(path), Some(emulator)) => State::new_live(load_live(&cli, path, emulator)?),
+        _ => State::new(hosts, Duration::from_secs_f64(cli.deploy_seconds)),
+    };
     let listener = TcpListener::bind(cli.listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -179,10 +246,7 @@ async fn serve(cli: Cli) -> Result<(), StartError> {
             })?;
     }
     let ctx = Arc::new(Ctx {
-        state: Mutex::new(State::new(
-            hosts,
-            Duration::from_secs_f64(cli.deploy_seconds),
-        )),
+        state: Mutex::new(state),
         validator,
         basic: cli
             .credentials
@@ -195,8 +259,28 @@ async fn serve(cli: Cli) -> Result<(), StartError> {
         writeln!(out, "listening on http://{addr}").map_err(StartError::Stdout)?;
         out.flush().map_err(StartError::Stdout)?;
     }
+    if cli.agents.is_some() {
+        let ctx = Arc::clone(&ctx);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(LIVE_TICK);
+            loop {
+                every.tick().await;
+                ctx.state.lock().unwrap_or_else(|p| p.into_inner()).tick();
+            }
+        });
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     loop {
-        let (stream, _) = match listener.accept().await {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {
+                // Hygiene, not Marathon: real tasks outlive Marathon, but the fake's own must not.
+                let pids = ctx.state.lock().unwrap_or_else(|p| p.into_inner()).executor_pids();
+                live::Live::kill_all(&pids);
+                return Ok(());
+            }
+        };
+        let (stream, _) = match accepted {
             Ok(conn) => conn,
             Err(e) => {
                 eprintln!("fake-marathon: accept failed: {e}");

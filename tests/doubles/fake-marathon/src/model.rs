@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 
+use crate::live::{Live, LiveTask, Plan};
 use crate::util::{new_uuid, new_version, now_iso};
 
 /// One response: status, JSON body (or none) and extra headers.
@@ -45,38 +46,44 @@ impl Reply {
 }
 
 #[derive(Debug, Clone)]
-struct Task {
-    id: String,
-    host: String,
-    staged_at: String,
-    started_at: String,
-    version: String,
-    seq: u64,
+pub(crate) struct Task {
+    pub(crate) id: String,
+    pub(crate) host: String,
+    pub(crate) staged_at: String,
+    pub(crate) started_at: String,
+    pub(crate) version: String,
+    pub(crate) seq: u64,
+    /// Live mode only: the process, its Mesos state and health.
+    pub(crate) live: Option<LiveTask>,
 }
 
 #[derive(Debug)]
-struct App {
+pub(crate) struct App {
     /// The definition as submitted (merged for partial updates), `id` included, `version` excluded.
-    def: Map<String, Value>,
-    version: String,
-    config_version: String,
+    pub(crate) def: Map<String, Value>,
+    pub(crate) version: String,
+    pub(crate) config_version: String,
     scaling_version: String,
-    tasks: Vec<Task>,
+    pub(crate) tasks: Vec<Task>,
     /// When the oldest currently unplaced instance was queued.
     waiting_since: Option<String>,
     /// New-version instances queued by a restart that cannot make progress (no spare host).
     stalled_restart: Option<u64>,
+    /// Live mode: instances in the launch queue, waiting for an offer.
+    pub(crate) queued: u64,
 }
 
 #[derive(Debug)]
-struct Deployment {
-    id: String,
-    app_id: String,
+pub(crate) struct Deployment {
+    pub(crate) id: String,
+    pub(crate) app_id: String,
     version: String,
-    action: &'static str,
+    pub(crate) action: &'static str,
     started: Instant,
     /// The app definition before this deployment (None: the app did not exist) — for rollback.
     previous: Option<Map<String, Value>>,
+    /// Live mode: what the deployment waits for.
+    pub(crate) plan: Plan,
 }
 
 /// The fake Marathon's whole state.
@@ -84,9 +91,11 @@ struct Deployment {
 pub struct State {
     hosts: Vec<String>,
     deploy_duration: Duration,
-    apps: BTreeMap<String, App>,
-    deployments: Vec<Deployment>,
-    task_seq: u64,
+    pub(crate) apps: BTreeMap<String, App>,
+    pub(crate) deployments: Vec<Deployment>,
+    pub(crate) task_seq: u64,
+    /// Live mode: agents, the task launcher, the launch queue's backoff.
+    pub(crate) live: Option<Live>,
 }
 
 /// Marathon app ids are absolute paths; `k8s/kubelet` and `/k8s/kubelet/` both mean `/k8s/kubelet`.
@@ -95,15 +104,25 @@ pub fn normalize_id(id: &str) -> String {
     format!("/{trimmed}")
 }
 
-fn num(def: &Map<String, Value>, key: &str, default: f64) -> f64 {
+pub(crate) fn num(def: &Map<String, Value>, key: &str, default: f64) -> f64 {
     def.get(key).and_then(Value::as_f64).unwrap_or(default)
 }
 
-fn instances(def: &Map<String, Value>) -> u64 {
+/// An app's (cpus, mem, disk, gpus) with Marathon's defaults.
+pub(crate) fn resources(def: &Map<String, Value>) -> [f64; 4] {
+    [
+        num(def, "cpus", 1.0),
+        num(def, "mem", 128.0),
+        num(def, "disk", 0.0),
+        num(def, "gpus", 0.0),
+    ]
+}
+
+pub(crate) fn instances(def: &Map<String, Value>) -> u64 {
     def.get("instances").and_then(Value::as_u64).unwrap_or(1)
 }
 
-fn has_unique_hostname(def: &Map<String, Value>) -> bool {
+pub(crate) fn has_unique_hostname(def: &Map<String, Value>) -> bool {
     def.get("constraints")
         .and_then(Value::as_array)
         .is_some_and(|cs| {
@@ -144,15 +163,27 @@ impl State {
             apps: BTreeMap::new(),
             deployments: Vec::new(),
             task_seq: 0,
+            live: None,
         }
+    }
+
+    /// A live State: tasks are real processes on `live`'s agents.
+    pub fn new_live(live: Live) -> State {
+        let mut s = State::new(live.hostnames(), Duration::ZERO);
+        s.live = Some(live);
+        s
     }
 
     /// Ends deployments whose time is up and whose app has every instance placed.
     pub fn tick(&mut self) {
+        self.live_tick();
         let now = Instant::now();
         let duration = self.deploy_duration;
         let apps = &self.apps;
         self.deployments.retain(|d| {
+            if !matches!(d.plan, Plan::Timed) {
+                return true;
+            }
             let settled = apps
                 .get(&d.app_id)
                 .is_none_or(|a| a.unplaced() == 0 && a.stalled_restart.is_none());
@@ -205,7 +236,9 @@ impl State {
             action,
             started: Instant::now(),
             previous,
+            plan: Plan::Timed,
         });
+        self.begin_live_plan(&id);
         id
     }
 
@@ -223,11 +256,15 @@ impl State {
             started_at: now,
             version: version.to_string(),
             seq: self.task_seq,
+            live: None,
         }
     }
 
     /// Brings the app's placed tasks towards `instances`: kills surplus, places missing ones on eligible hosts.
     fn reconcile(&mut self, app_id: &str) {
+        if self.live.is_some() {
+            return; // live mode: the deployment's plan places instances through offers
+        }
         let Some(app) = self.apps.get(app_id) else {
             return;
         };
@@ -277,6 +314,9 @@ impl State {
 
     /// A config change: replace every task by a new-version one, or stall as Marathon would.
     fn restart(&mut self, app_id: &str) {
+        if self.live.is_some() {
+            return; // live mode: the deployment's plan is TaskReplaceActor
+        }
         let free_hosts = self.free_hosts(app_id);
         let Some(app) = self.apps.get(app_id) else {
             return;
@@ -348,6 +388,7 @@ impl State {
                 tasks: Vec::new(),
                 waiting_since: None,
                 stalled_restart: None,
+                queued: 0,
             },
         );
         self.reconcile(&id);
@@ -386,6 +427,7 @@ impl State {
                     tasks: Vec::new(),
                     waiting_since: None,
                     stalled_restart: None,
+                    queued: 0,
                 },
             );
             self.reconcile(&id);
@@ -441,6 +483,7 @@ impl State {
         if let Err(reply) = self.check_lock(&id, force) {
             return reply;
         }
+        self.kill_all_live(&id);
         let previous = self.apps.remove(&id).map(|a| a.def);
         let version = new_version();
         let dep = self.start_deployment(&id, &version, "StopApplication", previous);
@@ -496,8 +539,11 @@ impl State {
                 return reply;
             }
             let version = new_version();
+            self.kill_live_task(&id, task_id, "KillingTasksViaApi");
             if let Some(app) = self.apps.get_mut(&id) {
-                app.tasks.retain(|t| t.id != task_id);
+                if app.tasks.iter().all(|t| t.live.is_none()) {
+                    app.tasks.retain(|t| t.id != task_id);
+                }
                 let n = instances(&app.def).saturating_sub(1);
                 app.def.insert("instances".into(), json!(n));
                 app.version = version.clone();
@@ -506,6 +552,11 @@ impl State {
             self.reconcile(&id);
             let dep = self.start_deployment(&id, &version, "ScaleApplication", Some(previous));
             return deployment_reply(200, &dep, &version);
+        }
+        if self.live.is_some() {
+            // The executor kills it; once terminal, the scale check relaunches it.
+            self.kill_live_task(&id, task_id, "KillingTasksViaApi");
+            return Reply::json(200, json!({ "tasks": [killed] }));
         }
         if let Some(app) = self.apps.get_mut(&id) {
             app.tasks.retain(|t| t.id != task_id);
@@ -562,6 +613,9 @@ impl State {
                     Some(app) => {
                         app.def = previous;
                         app.version = version.clone();
+                        if restart {
+                            app.config_version = version.clone();
+                        }
                         app.stalled_restart = None;
                     }
                     None => {
@@ -575,6 +629,7 @@ impl State {
                                 tasks: Vec::new(),
                                 waiting_since: None,
                                 stalled_restart: None,
+                                queued: 0,
                             },
                         );
                     }
@@ -595,7 +650,11 @@ impl State {
         self.tick();
         let mut entries = Vec::new();
         for (id, app) in &self.apps {
-            let count = app.unplaced() + app.stalled_restart.unwrap_or(0);
+            let count = if self.live.is_some() {
+                app.queued
+            } else {
+                app.unplaced() + app.stalled_restart.unwrap_or(0)
+            };
             if count == 0 {
                 continue;
             }
@@ -623,7 +682,10 @@ impl State {
             let now = now_iso();
             let mut entry = json!({
                 "count": count,
-                "delay": { "timeLeftSeconds": 0, "overdue": false },
+                "delay": {
+                    "timeLeftSeconds": self.delay_left_secs(id).ceil() as u64,
+                    "overdue": false,
+                },
                 "since": since,
                 "app": self.app_json(id, &Embeds::none(), false),
                 "processedOffersSummary": {
@@ -659,6 +721,11 @@ impl State {
             entries.push(entry);
         }
         Reply::json(200, json!({ "queue": entries }))
+    }
+
+    /// The app as Marathon hands it to the executor: defaults filled in, current version.
+    pub(crate) fn app_json_for_launch(&self, id: &str) -> Value {
+        self.app_json(id, &Embeds::none(), false)
     }
 
     fn app_json(&self, id: &str, embeds: &Embeds, with_tasks_default: bool) -> Value {
@@ -700,15 +767,11 @@ impl State {
                 }),
             );
             if embeds.counts {
-                let healthy = if has_health_checks(&app.def) {
-                    app.tasks.len()
-                } else {
-                    0
-                };
-                o.insert("tasksStaged".into(), json!(0));
-                o.insert("tasksRunning".into(), json!(app.tasks.len()));
+                let (staged, running, healthy, unhealthy) = counts(app);
+                o.insert("tasksStaged".into(), json!(staged));
+                o.insert("tasksRunning".into(), json!(running));
                 o.insert("tasksHealthy".into(), json!(healthy));
-                o.insert("tasksUnhealthy".into(), json!(0));
+                o.insert("tasksUnhealthy".into(), json!(unhealthy));
             }
             if embeds.deployments {
                 let deps: Vec<Value> = self
@@ -727,20 +790,58 @@ impl State {
     }
 }
 
+/// (staged, running, healthy, unhealthy) task counts as `embed=app.counts` reports them.
+fn counts(app: &App) -> (usize, usize, usize, usize) {
+    let checks = has_health_checks(&app.def);
+    let mut c = (0, 0, 0, 0);
+    for t in &app.tasks {
+        let (state, healthy) = match &t.live {
+            Some(l) => (l.state, l.healthy),
+            None => ("TASK_RUNNING", checks.then_some(true)),
+        };
+        if state == "TASK_STAGING" {
+            c.0 += 1;
+        } else {
+            c.1 += 1;
+        }
+        if checks {
+            match healthy {
+                Some(true) => c.2 += 1,
+                Some(false) => c.3 += 1,
+                None => {}
+            }
+        }
+    }
+    c
+}
+
 impl App {
     fn unplaced(&self) -> u64 {
         instances(&self.def).saturating_sub(self.tasks.len() as u64)
     }
 }
 
-fn has_health_checks(def: &Map<String, Value>) -> bool {
+pub(crate) fn has_health_checks(def: &Map<String, Value>) -> bool {
     def.get("healthChecks")
         .and_then(Value::as_array)
         .is_some_and(|h| !h.is_empty())
 }
 
 fn task_json(app_id: &str, app: &App, t: &Task) -> Value {
-    let health: Vec<Value> = if has_health_checks(&app.def) {
+    let health: Vec<Value> = if let Some(l) = &t.live {
+        match l.healthy {
+            Some(alive) if has_health_checks(&app.def) => vec![json!({
+                "alive": alive,
+                "consecutiveFailures": l.consecutive_failures,
+                "firstSuccess": l.first_success,
+                "lastSuccess": l.last_success,
+                "lastFailure": l.last_failure,
+                "lastFailureCause": Value::Null,
+                "instanceId": t.id,
+            })],
+            _ => Vec::new(),
+        }
+    } else if has_health_checks(&app.def) {
         vec![json!({
             "alive": true,
             "consecutiveFailures": 0,
@@ -753,12 +854,17 @@ fn task_json(app_id: &str, app: &App, t: &Task) -> Value {
     } else {
         Vec::new()
     };
+    // A task keeps the resources of the version it was launched with.
+    let res = t
+        .live
+        .as_ref()
+        .map_or_else(|| resources(&app.def), |l| l.resources);
     json!({
         "id": t.id,
         "appId": app_id,
         "host": t.host,
         "slaveId": format!("agent-{}", t.host),
-        "state": "TASK_RUNNING",
+        "state": t.live.as_ref().map_or("TASK_RUNNING", |l| l.state),
         "stagedAt": t.staged_at,
         "startedAt": t.started_at,
         "version": t.version,
@@ -768,10 +874,10 @@ fn task_json(app_id: &str, app: &App, t: &Task) -> Value {
         "localVolumes": [],
         "role": "*",
         "healthCheckResults": health,
-        "cpus": num(&app.def, "cpus", 1.0),
-        "mem": num(&app.def, "mem", 128.0),
-        "disk": num(&app.def, "disk", 0.0),
-        "gpus": num(&app.def, "gpus", 0.0),
+        "cpus": res[0],
+        "mem": res[1],
+        "disk": res[2],
+        "gpus": res[3],
     })
 }
 

@@ -410,3 +410,184 @@ fn restart_under_unique_without_spare_host_stalls_with_default_strategy() {
     );
     assert_eq!(get(&f, "/v2/queue").body["queue"][0]["count"], 1);
 }
+
+/// The Mesos task emulator next to this test's binary (built by `cargo build --workspace`).
+fn emulator() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("target dir");
+    let path = dir.join("mesos-task-emulator");
+    assert!(
+        path.exists(),
+        "{} missing: run `cargo build --workspace`",
+        path.display()
+    );
+    path
+}
+
+/// A live fake on `hosts` agents, its scratch dir and its event log.
+fn start_live(hosts: usize) -> (Fake, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let agents: Vec<Value> = (0..hosts)
+        .map(|i| json!({"hostname": format!("h{i}"), "sandbox_root": dir.path().join(format!("h{i}"))}))
+        .collect();
+    let agents_file = dir.path().join("agents.json");
+    std::fs::write(&agents_file, Value::Array(agents).to_string()).expect("agents");
+    let f = start(&[
+        "--agents",
+        agents_file.to_str().expect("utf8"),
+        "--emulator",
+        emulator().to_str().expect("utf8"),
+        "--time-scale",
+        "0.1",
+        "--offer-interval",
+        "0.1",
+        "--event-log",
+        dir.path().join("events.jsonl").to_str().expect("utf8"),
+    ]);
+    (f, dir)
+}
+
+/// An app whose task is `sleep` and whose COMMAND check passes once the task has run a moment.
+fn sleeper(instances: u64, m: f64) -> Value {
+    json!({
+        "id": "/sleeper",
+        "args": ["sleep", "300"],
+        "cpus": 1.0, "mem": 64.0, "instances": instances,
+        "constraints": [["hostname", "UNIQUE"]],
+        "portDefinitions": [],
+        "healthChecks": [{"protocol": "COMMAND", "command": {"value": "true"},
+                          "delaySeconds": 2, "intervalSeconds": 2, "timeoutSeconds": 10,
+                          "gracePeriodSeconds": 100, "maxConsecutiveFailures": 3}],
+        "taskKillGracePeriodSeconds": 5,
+        "backoffSeconds": 20, "backoffFactor": 2, "maxLaunchDelaySeconds": 300,
+        "upgradeStrategy": {"minimumHealthCapacity": m, "maximumOverCapacity": 0.0}
+    })
+}
+
+fn live_tasks(f: &Fake) -> Vec<Value> {
+    get(f, "/v2/apps/sleeper/tasks").body["tasks"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn events(dir: &tempfile::TempDir) -> Vec<Value> {
+    std::fs::read_to_string(dir.path().join("events.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn settled(f: &Fake, n: usize) -> bool {
+    let tasks = live_tasks(f);
+    get(f, "/v2/deployments").body == json!([])
+        && tasks.len() == n
+        && tasks
+            .iter()
+            .all(|t| t["healthCheckResults"][0]["alive"] == true)
+}
+
+#[test]
+fn live_restart_rolls_one_host_at_a_time_health_gated() {
+    let (f, dir) = start_live(3);
+    assert_eq!(put(&f, "/v2/apps/sleeper", sleeper(3, 0.5)).status, 201);
+    // Not healthy before the first probe: the start deployment stays open until then.
+    assert_ne!(get(&f, "/v2/deployments").body, json!([]));
+    assert!(wait_until(Duration::from_secs(20), || settled(&f, 3)));
+    let first: Vec<String> = live_tasks(&f)
+        .iter()
+        .filter_map(|t| t["id"].as_str().map(String::from))
+        .collect();
+
+    assert_eq!(
+        put(&f, "/v2/apps/sleeper", json!({"cpus": 0.5})).status,
+        200
+    );
+    let mut min_healthy = usize::MAX;
+    let mut max_tasks = 0;
+    let done = wait_until(Duration::from_secs(60), || {
+        let tasks = live_tasks(&f);
+        let healthy = tasks
+            .iter()
+            .filter(|t| t["healthCheckResults"][0]["alive"] == true && t["state"] == "TASK_RUNNING")
+            .count();
+        min_healthy = min_healthy.min(healthy);
+        max_tasks = max_tasks.max(tasks.len());
+        let mut hosts: Vec<&str> = tasks.iter().filter_map(|t| t["host"].as_str()).collect();
+        hosts.sort_unstable();
+        hosts.dedup();
+        assert_eq!(hosts.len(), tasks.len(), "two tasks on one host: {tasks:?}");
+        settled(&f, 3) && tasks.iter().all(|t| t["cpus"] == 0.5)
+    });
+    assert!(done, "restart never finished: {:?}", events(&dir));
+    assert!(min_healthy >= 2, "more than one host down at once");
+    assert!(max_tasks <= 3, "maxCapacity 3 exceeded");
+    let now: Vec<String> = live_tasks(&f)
+        .iter()
+        .filter_map(|t| t["id"].as_str().map(String::from))
+        .collect();
+    assert!(now.iter().all(|id| !first.contains(id)));
+    // Kills and launches alternate: each old task is killed only after a new one turned healthy.
+    let ev = events(&dir);
+    let kills = ev
+        .iter()
+        .filter(|e| e["event"] == "kill" && e["reason"] == "Upgrading")
+        .count();
+    assert_eq!(kills, 3);
+}
+
+#[test]
+fn live_scale_down_kills_youngest_first_and_a_dead_task_is_relaunched_after_backoff() {
+    let (f, dir) = start_live(3);
+    let mut app = sleeper(2, 0.5);
+    app["instances"] = json!(2);
+    assert_eq!(put(&f, "/v2/apps/sleeper", app).status, 201);
+    assert!(wait_until(Duration::from_secs(20), || settled(&f, 2)));
+    assert_eq!(
+        put(&f, "/v2/apps/sleeper", json!({"instances": 3})).status,
+        200
+    );
+    assert!(wait_until(Duration::from_secs(20), || settled(&f, 3)));
+    let youngest = live_tasks(&f)
+        .iter()
+        .max_by_key(|t| t["startedAt"].as_str().unwrap_or("").to_string())
+        .and_then(|t| t["id"].as_str().map(String::from))
+        .expect("a task");
+    assert_eq!(
+        put(&f, "/v2/apps/sleeper", json!({"instances": 2})).status,
+        200
+    );
+    assert!(wait_until(Duration::from_secs(20), || settled(&f, 2)));
+    assert!(live_tasks(&f).iter().all(|t| t["id"] != youngest.as_str()));
+
+    // The task's process dies by itself (TASK_FAILED): relaunched, but only after backoffSeconds
+    // (20 s × time scale 0.1 = 2 s).
+    let victim = live_tasks(&f)[0]["id"].as_str().expect("id").to_string();
+    let pid = events(&dir)
+        .iter()
+        .find(|e| e["event"] == "running" && e["task"] == victim.as_str())
+        .and_then(|e| e["pid"].as_i64())
+        .expect("pid of the task");
+    // SAFETY: SIGKILL to the sleep this test's fake launched.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGKILL);
+    }
+    assert!(wait_until(Duration::from_secs(10), || {
+        events(&dir)
+            .iter()
+            .any(|e| e["event"] == "terminal" && e["task"] == victim.as_str())
+    }));
+    let died = std::time::Instant::now();
+    assert!(wait_until(Duration::from_secs(20), || live_tasks(&f).len() == 2));
+    assert!(died.elapsed() >= Duration::from_millis(1500), "no backoff");
+    let ev = events(&dir);
+    assert!(
+        ev.iter()
+            .any(|e| e["event"] == "terminal" && e["state"] == "TASK_FAILED")
+    );
+    assert!(ev.iter().any(|e| e["event"] == "backoff"));
+}
