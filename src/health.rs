@@ -51,7 +51,13 @@ pub struct NodeApiView {
     pub ready: Option<Result<(), String>>,
     /// A one-line description of an allocatable that differs from the lease, if it does.
     pub allocatable_mismatch: Option<String>,
+    /// The node still carries this agent's cordon (its annotation and `spec.unschedulable`):
+    /// the task is returning and the uncordon is pending. Never set for an operator's cordon.
+    pub own_cordon: bool,
 }
+
+/// The 503 reason while the node still carries this agent's cordon.
+pub const UNCORDON_PENDING: &str = "returning: node still cordoned by this agent, uncordon pending";
 
 /// What the node Lease said at the last reading.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,6 +199,11 @@ impl HealthState {
                 "kubelet pid {pid} is not renewing its node Lease while the API answers: the Lease {problem}"
             ));
         }
+        if api.own_cordon {
+            // Marathon must not see this task healthy (and kill the next host of a roll) while
+            // this node is still unschedulable; within gracePeriodSeconds it only delays success.
+            return Err(UNCORDON_PENDING.into());
+        }
         let mut body = String::from("ok");
         match &api.ready {
             Some(Err(why)) => body.push_str(&format!("; node not Ready: {why} (reported only)")),
@@ -243,6 +254,15 @@ impl SharedHealth {
             .unwrap_or_else(|p| p.into_inner())
             .verdict(Instant::now(), self.rules)
     }
+
+    /// The verdict now, leaving out the pending uncordon: whether the node may be uncordoned.
+    pub fn verdict_before_uncordon(&self) -> Verdict {
+        let mut state = self.snapshot();
+        if let Some(api) = state.api.as_mut() {
+            api.own_cordon = false;
+        }
+        state.verdict(Instant::now(), self.rules)
+    }
 }
 
 #[cfg(test)]
@@ -272,6 +292,7 @@ mod tests {
             lease,
             ready: Some(Ok(())),
             allocatable_mismatch: None,
+            own_cordon: false,
         }
     }
 
@@ -342,6 +363,14 @@ mod tests {
                 "Lease does not exist",
                 Box::new(move |s| s.api = Some(api(now, LeaseReading::Missing))),
             ),
+            (
+                UNCORDON_PENDING,
+                Box::new(move |s| {
+                    let mut view = api(now, LeaseReading::Current);
+                    view.own_cordon = true;
+                    s.api = Some(view);
+                }),
+            ),
         ];
         for (want, change) in cases {
             let mut s = serving(now);
@@ -400,6 +429,31 @@ mod tests {
                 "{want}: {body}"
             );
         }
+    }
+
+    #[test]
+    fn an_own_cordon_fails_only_while_the_api_answers() {
+        let now = Instant::now();
+        let mut s = serving(now);
+        let mut view = api(now, LeaseReading::Current);
+        view.own_cordon = true;
+        s.api = Some(view.clone());
+        assert_eq!(s.verdict(now, RULES), Err(UNCORDON_PENDING.to_string()));
+        // The outage rule holds: a cordon seen before the API went away never fails the check.
+        view.reachable = false;
+        s.api = Some(view.clone());
+        assert!(s.verdict(now, RULES).is_ok());
+        view.reachable = true;
+        view.at = now - Duration::from_secs(31);
+        s.api = Some(view);
+        assert!(s.verdict(now, RULES).is_ok());
+        // Kubelet's own faults come first.
+        s.last_probe = None;
+        assert!(
+            s.verdict(now, RULES)
+                .expect_err("probe")
+                .contains("not been probed")
+        );
     }
 
     #[test]

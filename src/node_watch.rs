@@ -4,6 +4,10 @@
 //! agent's own cordon once kubelet is healthy, the node Ready and its Lease renewed since this
 //! agent started (never an operator's cordon); (3) compare the node's allocatable with the lease.
 //!
+//! While the node still carries the agent's own cordon, `/healthz` answers 503 ("uncordon
+//! pending") and the node is read every [`UNCORDON_PENDING_INTERVAL`], and at once when kubelet's
+//! health first turns good, so the uncordon follows health within a second or so.
+//!
 //! Liveness is the Lease `kube-node-lease/<node>` (kubelet renews it every 10 s, 0.25 × its
 //! 40 s `leaseDurationSeconds`), never the Ready condition's `lastHeartbeatTime`: since
 //! NodeLease, kubelet posts node status only on change or every 5 minutes. The Node authorizer
@@ -25,6 +29,46 @@ use crate::reservation::Resources;
 
 /// The namespace kubelet keeps node Leases in.
 pub const LEASE_NAMESPACE: &str = "kube-node-lease";
+
+/// How often the node is read while an uncordon of the agent's own cordon is pending.
+pub const UNCORDON_PENDING_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Whether `node` carries the agent's own cordon: its annotation and `spec.unschedulable`.
+pub fn own_cordon(node: &k8s_openapi::api::core::v1::Node) -> bool {
+    let unschedulable = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.unschedulable)
+        .unwrap_or(false);
+    unschedulable
+        && node
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(drain::CORDON_ANNOTATION))
+}
+
+/// Waits for the next node check: `interval`, or [`UNCORDON_PENDING_INTERVAL`] while an
+/// uncordon may be pending, cut short when kubelet's health turns good.
+async fn next_check(interval: Duration, pending: bool, health: &SharedHealth) {
+    let wait = if pending {
+        interval.min(UNCORDON_PENDING_INTERVAL)
+    } else {
+        interval
+    };
+    let until = Instant::now() + wait;
+    let was_good = health.verdict_before_uncordon().is_ok();
+    loop {
+        let now = Instant::now();
+        if now >= until {
+            return;
+        }
+        tokio::time::sleep((until - now).min(Duration::from_millis(100))).await;
+        if pending && !was_good && health.verdict_before_uncordon().is_ok() {
+            return;
+        }
+    }
+}
 
 /// What a Lease says at `now`: current, expired (and how long ago), or unreadable.
 pub fn lease_reading(lease: &Lease, now: Timestamp) -> (LeaseReading, Option<Timestamp>) {
@@ -63,10 +107,14 @@ pub async fn run(
     let mut uncordon_done = false;
     let mut last_mismatch: Option<Resources> = None;
     let mut warned: Option<String> = None;
-    let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(100)));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let interval = interval.max(Duration::from_millis(100));
+    // Until the node has been read, an own cordon may be there.
+    let mut pending = true;
+    let mut first = true;
     loop {
-        ticker.tick().await;
+        if !std::mem::take(&mut first) {
+            next_check(interval, pending && !uncordon_done, &health).await;
+        }
         if client.is_none() {
             match drain::connect(&target.kubeconfig).await {
                 Ok(c) => client = Some(c),
@@ -114,7 +162,11 @@ pub async fn run(
             lease: reading.lease.clone(),
             ready: reading.node.as_ref().map(|v| v.ready.clone()),
             allocatable_mismatch: mismatch,
+            own_cordon: !uncordon_done && reading.node_object.as_ref().is_some_and(own_cordon),
         };
+        if reading.node_object.is_some() {
+            pending = view.own_cordon;
+        }
         metrics.node.api_reachable.set(i64::from(view.reachable));
         metrics.node.lease_expired.set(i64::from(
             view.reachable
@@ -152,7 +204,7 @@ pub async fn run(
         if uncordon_done
             || node_view.ready.is_err()
             || !renewed_since_start
-            || health.verdict().is_err()
+            || health.verdict_before_uncordon().is_err()
         {
             continue;
         }
@@ -163,6 +215,12 @@ pub async fn run(
             Ok(Uncordon::Removed) => {
                 tracing::info!(node = %target.node, "uncordoned the node the agent had cordoned");
                 uncordon_done = true;
+                pending = false;
+                health.update(|s| {
+                    if let Some(api) = s.api.as_mut() {
+                        api.own_cordon = false;
+                    }
+                });
             }
             Ok(Uncordon::OperatorCordonKept) => {
                 tracing::info!(node = %target.node, "node is cordoned by an operator; leaving it cordoned");

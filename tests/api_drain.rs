@@ -213,17 +213,36 @@ fn kill_cordons_evicts_twenty_pods_reports_the_pdb_and_uncordons_on_return() {
     assert_eq!(s["left_counted_from"], "api", "{s}");
     emu.wait_for(Duration::from_secs(5), |v| v["event"] == "destroyed");
 
-    // The task comes back on the same host: the agent's own cordon is lifted.
+    // The task comes back on the same host, with the default 10 s node-check interval. Until
+    // the agent's own cordon is lifted every /healthz answer is 503 (Marathon must not kill the
+    // next host of a roll while this one is unschedulable): a 200 means the node read right
+    // after it is schedulable again.
     let port = free_port();
-    let mut again = c.launch(port, &[("KRW_DRAIN_TIMEOUT", "3")], "6");
-    again.expect_healthy(Duration::from_secs(25));
-    assert!(
-        wait_until(Duration::from_secs(5), || c.node()["spec"]["unschedulable"]
-            != true),
-        "not uncordoned: {}",
-        c.node()
+    let mut again = c.launch(
+        port,
+        &[
+            ("KRW_DRAIN_TIMEOUT", "3"),
+            ("KRW_NODE_CHECK_INTERVAL", "10"),
+        ],
+        "6",
     );
+    let mut answers: Vec<(u16, String)> = Vec::new();
+    let healthy = wait_until(Duration::from_secs(30), || {
+        let Some((code, body)) = http("GET", port, "/healthz") else {
+            return false;
+        };
+        let node = c.node();
+        assert!(
+            code == 503 || node["spec"]["unschedulable"] != true,
+            "/healthz {code} while the node is still cordoned: {body}\n{node}"
+        );
+        answers.push((code, body));
+        code == 200
+    });
+    assert!(healthy, "never 200: {answers:?}\n{}", again.task_stderr());
+    assert!(answers.iter().any(|(code, _)| *code == 503), "{answers:?}");
     assert!(c.node()["metadata"]["annotations"][MARKER].is_null());
+    again.expect_healthy(Duration::from_secs(10));
     again.kill_task();
     again.wait_for(Duration::from_secs(15), |v| v["event"] == "destroyed");
 }
@@ -262,6 +281,9 @@ fn an_operators_cordon_is_kept_through_kill_and_return() {
         true,
         "operator's cordon was lifted"
     );
+    // An operator's cordon never fails the check.
+    let (code, body) = http("GET", port, "/healthz").expect("healthz");
+    assert_eq!(code, 200, "{body}");
     assert!(again.task_stderr().contains("cordoned by an operator"));
     again.kill_task();
     again.wait_for(Duration::from_secs(15), |v| v["event"] == "destroyed");
