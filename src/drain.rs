@@ -466,17 +466,22 @@ async fn post_eviction_as(
     namespace: &str,
     name: &str,
     grace_seconds: i64,
+    dry_run: bool,
 ) -> Result<(), Refusal> {
     use http_body_util::BodyExt;
-    let body = json!({
+    let mut body = json!({
         "apiVersion": version,
         "kind": "Eviction",
         "metadata": {"name": name, "namespace": namespace},
         "deleteOptions": {"gracePeriodSeconds": grace_seconds}
     });
+    if dry_run {
+        body["deleteOptions"]["dryRun"] = json!(["All"]);
+    }
     let data = serde_json::to_vec(&body).map_err(Refusal::transport)?;
     let request = http::Request::post(format!(
-        "/api/v1/namespaces/{namespace}/pods/{name}/eviction"
+        "/api/v1/namespaces/{namespace}/pods/{name}/eviction{}",
+        if dry_run { "?dryRun=All" } else { "" }
     ))
     .header(http::header::CONTENT_TYPE, "application/json")
     .body(kube::client::Body::from(data))
@@ -529,11 +534,11 @@ async fn post_eviction(
     namespace: &str,
     name: &str,
     grace_seconds: i64,
+    dry_run: bool,
 ) -> Result<(), Refusal> {
-    match post_eviction_as(client, "policy/v1", namespace, name, grace_seconds).await {
-        Err(r) if r.subresource_missing => {
-            post_eviction_as(client, "policy/v1beta1", namespace, name, grace_seconds).await
-        }
+    let post = |version| post_eviction_as(client, version, namespace, name, grace_seconds, dry_run);
+    match post("policy/v1").await {
+        Err(r) if r.subresource_missing => post("policy/v1beta1").await,
         other => other,
     }
 }
@@ -587,7 +592,7 @@ async fn evict_one(ctx: &EvictionCtx<'_>, pod: &Pod) -> Evicted {
         );
         let attempt = tokio::time::timeout(remaining, async {
             let _permit = ctx.in_flight.acquire().await;
-            post_eviction(ctx.client, &namespace, &name, grace).await
+            post_eviction(ctx.client, &namespace, &name, grace, false).await
         })
         .await;
         let refusal = match attempt {
@@ -646,6 +651,48 @@ pub async fn pods_on_node(
     Ok(polite(deadline, throttled, || pods_api.list(&params))
         .await?
         .items)
+}
+
+/// The keys of the active pods on `node` that a PodDisruptionBudget keeps from being evicted
+/// now, found by a dry-run eviction of each pod the drain would evict (`dryRun=All`: the budget
+/// check runs, nothing changes; the agent may create evictions, not list budgets). `None` when
+/// the API does not answer for every pod before `deadline`.
+pub async fn pdb_guarded(
+    client: &Client,
+    node: &str,
+    opts: DrainOptions,
+    deadline: Instant,
+    throttled: &Counter,
+) -> Option<Vec<String>> {
+    let pods = pods_on_node(client, node, deadline, throttled).await.ok()?;
+    let targets = pods
+        .iter()
+        .filter(|p| is_active(p) && classify_pod(p, opts) == PodAction::Evict);
+    let checks = join_all(targets.map(|pod| async move {
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let name = pod.metadata.name.as_deref().unwrap_or("");
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(remaining, post_eviction(client, namespace, name, 1, true)).await
+        {
+            Ok(Ok(())) => Some(None),
+            Ok(Err(r)) if r.pdb => Some(Some(pod_key(pod))),
+            Ok(Err(r)) if r.code.is_some_and(|c| c != 429 && c < 500) => Some(None),
+            _ => None,
+        }
+    }))
+    .await;
+    checks
+        .into_iter()
+        .collect::<Option<Vec<_>>>()
+        .map(|v| v.into_iter().flatten().collect())
+}
+
+/// Takes the `Retry-After` the API server last sent with a 429, if any.
+pub fn take_retry_after() -> Option<Duration> {
+    match LAST_RETRY_AFTER.swap(0, Ordering::Relaxed) {
+        0 => None,
+        secs => Some(Duration::from_secs(secs)),
+    }
 }
 
 /// Whether a pod still runs or may still run (its phase is not Succeeded or Failed).

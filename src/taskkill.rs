@@ -10,7 +10,11 @@
 //!   kubelet restarted with zero allocatable and `--max-pods=0`: admission rejects every pod
 //!   and kubelet kills their containers with a 1 s grace (`--drain-at-deadline force`, the
 //!   default; `leave` leaves them running and says so).
-//! - Without API access: kubelet runs with zero allocatable and zero pods for the whole window.
+//!   An API that fails at the start (away, refusing, throttling) is retried with backoff, and
+//!   any `Retry-After`, until the eviction deadline while kubelet keeps the lease's allocatable.
+//! - Without API access (or when the retries run out): kubelet runs with zero allocatable and
+//!   zero pods for the rest of the window; the PodDisruptionBudget-guarded pods it kills are
+//!   counted by dry-run evictions if the API answers, else reported unknown.
 //! - Then kubelet is stopped and one summary line says what was evicted, what was forced and
 //!   what is still on the node (from the API when it answers, else kubelet's pod directories).
 //!
@@ -52,6 +56,8 @@ pub struct KillReport {
     pub blocked: u64,
     /// PodDisruptionBudget-guarded pods that zero allocatable then forced off the node.
     pub forced: u64,
+    /// Whether `forced` could not be known (the fallback ran and the API never told).
+    pub forced_unknown: bool,
     /// Pods still on the node at the end, with why.
     pub left: Vec<String>,
     /// Where `left` was counted: `api`, `kubelet-pod-dirs` or `unknown`.
@@ -229,6 +235,7 @@ async fn api_drain(
         max_in_flight: agent.args.drain_max_in_flight as usize,
         throttled: agent.metrics.node.api_throttled.clone(),
     };
+    let throttled = politeness.throttled.clone();
     let stop = Arc::new(Notify::new());
     let drained = {
         let (stop, client, node, kubeconfig) = (
@@ -238,24 +245,16 @@ async fn api_drain(
             target.kubeconfig.clone(),
         );
         async move {
-            let mut result = drain::drain(&client, &node, opts, &politeness, evictions_end).await;
-            if matches!(result, Err(ApiError::Forbidden(_))) {
-                // Rotated client certificates or a replaced token: rebuild the client once.
-                tracing::warn!(
-                    "API refused the agent's credentials; rebuilding the client from the kubeconfig"
-                );
-                result = match drain::connect(&kubeconfig).await {
-                    Ok(c) => drain::drain(&c, &node, opts, &politeness, evictions_end).await,
-                    Err(e) => Err(e),
-                };
-            }
+            let result =
+                drain_with_retries(client, &node, &kubeconfig, opts, &politeness, evictions_end)
+                    .await;
             stop.notify_one();
             result
         }
     };
-    // During the evictions kubelet keeps the lease's allocatable, so PodDisruptionBudget-guarded
-    // pods keep running and evicted pods are really terminated. The node is cordoned: nothing
-    // new lands.
+    // During the evictions (and the retries before them) kubelet keeps the lease's allocatable,
+    // so PodDisruptionBudget-guarded pods keep running and evicted pods are really terminated.
+    // The node is cordoned: nothing new lands.
     let (result, _) = tokio::join!(
         drained,
         keep_kubelet(agent, KubeletMode::Lease, child, stop)
@@ -264,9 +263,40 @@ async fn api_drain(
         Ok(d) => d,
         Err(e) => {
             tracing::warn!(error = %e, "API drain not possible; falling back to zero allocatable and zero pods for the rest of the window");
-            report.note = format!("{e}; fell back to zero allocatable and --max-pods=0");
-            report.zero_kubelet_starts = zero_window(agent, window_end).await;
+            // Which pods a budget guards is asked while zero allocatable starts (dry runs,
+            // before kubelet kills them), so the summary can say what was forced past a budget.
+            let guarded = drain::pdb_guarded(
+                &client,
+                &target.node,
+                opts,
+                Instant::now() + Duration::from_secs(1),
+                &throttled,
+            );
+            let (guarded, starts) = tokio::join!(guarded, zero_window(agent, window_end));
+            report.zero_kubelet_starts = starts;
             (report.left, report.left_counted_from) = count_left(agent, Some(&client)).await;
+            report.note = format!("{e}; fell back to zero allocatable and --max-pods=0");
+            match guarded {
+                Some(keys) => {
+                    let still = |k: &String| report.left.iter().any(|l| l == k);
+                    report.forced = keys.iter().filter(|k| !still(k)).count() as u64;
+                    agent.metrics.node.forced_pods.inc_by(report.forced);
+                    report.left = explain(
+                        std::mem::take(&mut report.left),
+                        &keys
+                            .iter()
+                            .map(|k| format!("{k} (PodDisruptionBudget)"))
+                            .collect::<Vec<_>>(),
+                    );
+                }
+                None => {
+                    report.forced_unknown = true;
+                    report.note.push_str(
+                        "; PodDisruptionBudget-guarded pods forced: unknown (the API did not answer)",
+                    );
+                }
+            }
+            agent.count_outcome("left", report.left.len() as u64);
             return;
         }
     };
@@ -291,6 +321,57 @@ async fn api_drain(
     report.left = explain(left, &drain_report.left);
     report.left_counted_from = from;
     agent.count_outcome("left", report.left.len() as u64);
+}
+
+/// Runs the API drain, retrying with backoff (and any `Retry-After`) until `until`: an API
+/// that is away or refusing when the signal arrives is often back seconds later, and only the
+/// API drain honours PodDisruptionBudgets. A refused credential rebuilds the client from the
+/// kubeconfig (rotated certificates, a replaced token).
+async fn drain_with_retries(
+    mut client: Client,
+    node: &str,
+    kubeconfig: &std::path::Path,
+    opts: DrainOptions,
+    politeness: &Politeness,
+    until: Instant,
+) -> Result<DrainReport, ApiError> {
+    let mut backoff = Duration::from_millis(250);
+    let mut attempts = 0u32;
+    loop {
+        let e = match drain::drain(&client, node, opts, politeness, until).await {
+            Ok(report) => {
+                if attempts > 0 {
+                    tracing::info!(attempts = attempts + 1, "API drain started after retries");
+                }
+                return Ok(report);
+            }
+            Err(e) => e,
+        };
+        attempts += 1;
+        if matches!(e, ApiError::Kubeconfig { .. }) {
+            return Err(e);
+        }
+        if matches!(e, ApiError::Forbidden(_)) {
+            tracing::warn!(
+                "API refused the agent's credentials; rebuilding the client from the kubeconfig"
+            );
+            match drain::connect(kubeconfig).await {
+                Ok(c) => client = c,
+                Err(e) => return Err(e),
+            }
+        }
+        let wait = drain::take_retry_after().unwrap_or(backoff).max(backoff);
+        if Instant::now() + wait >= until {
+            return Err(e);
+        }
+        if attempts == 1 {
+            tracing::warn!(error = %e, until_seconds = until.saturating_duration_since(Instant::now()).as_secs_f64(), "API drain failed; retrying until the eviction deadline while kubelet keeps the lease");
+        } else {
+            tracing::debug!(error = %e, attempts, "API drain failed again; retrying");
+        }
+        tokio::time::sleep(wait).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
 }
 
 fn note_for(d: &DrainReport, policy: DrainAtDeadline) -> String {
@@ -456,6 +537,7 @@ fn log_report(report: &KillReport, drained: bool) {
         evicted = report.evicted,
         blocked_by_pdb = report.blocked,
         forced_past_pdb = report.forced,
+        forced_past_pdb_known = !report.forced_unknown,
         left_behind = report.left.len(),
         left = %report.left.join(","),
         left_counted_from = report.left_counted_from,

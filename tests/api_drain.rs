@@ -335,10 +335,53 @@ fn api_down_falls_back_to_zero_allocatable_within_the_grace_period() {
     assert_eq!(log.matches("API drain not possible").count(), 1, "{log}");
     assert_eq!(summary(&log)["ending"], "SIGTERM");
     assert_eq!(summary(&log)["mode"], "zero-allocatable");
+    // The API never answered: what was forced past a budget is not known, and says so.
+    assert_eq!(summary(&log)["forced_past_pdb_known"], false, "{log}");
     // Zero allocatable still stopped the pod that requests resources.
     assert!(wait_until(Duration::from_secs(3), || pods
         .iter()
         .all(|p| !alive(*p))));
+}
+
+#[test]
+fn an_api_back_two_seconds_after_the_signal_still_drains_through_the_api() {
+    let c = Cluster::new();
+    let port = free_port();
+    let mut emu = c.launch(port, &[("KRW_DRAIN_TIMEOUT", "14")], "16");
+    emu.expect_healthy(Duration::from_secs(25));
+    for i in 0..4 {
+        c.create_pod(&format!("web-{i}"), Some("ReplicaSet"), true, json!({}));
+    }
+    c.wait_running(4);
+    std::fs::write(&c.api.fault_file, "down").expect("fault");
+    emu.kill_task();
+    std::thread::sleep(Duration::from_secs(2));
+    std::fs::remove_file(&c.api.fault_file).expect("fault");
+    let terminal = emu
+        .wait_for(Duration::from_secs(25), |v| v["event"] == "terminal")
+        .expect("terminal");
+    assert_eq!(terminal["exit_code"], 0, "{}", emu.task_stderr());
+    assert!(
+        terminal["seconds_after_kill"].as_f64().unwrap_or(99.0) < 16.0,
+        "{terminal}"
+    );
+    assert!(!emu.seen.iter().any(|v| v["event"] == "escalated"));
+    let log = emu.task_stderr();
+    let s = summary(&log);
+    assert_eq!(s["mode"], "api-drain", "{s}\n{log}");
+    assert_eq!(s["evicted"], 4, "{s}");
+    assert_eq!(s["zero_allocatable_kubelets"], 0, "{s}");
+    assert_eq!(s["left_behind"], 0, "{s}");
+    assert!(log.contains("API drain failed; retrying"), "{log}");
+    assert!(!log.contains("API drain not possible"), "{log}");
+    assert!(c.api.pods_on(NODE).is_empty(), "{:?}", c.api.pods_on(NODE));
+    let node = c.node();
+    assert_eq!(node["spec"]["unschedulable"], true, "{node}");
+    assert!(
+        node["metadata"]["annotations"][MARKER].is_string(),
+        "{node}"
+    );
+    emu.wait_for(Duration::from_secs(5), |v| v["event"] == "destroyed");
 }
 
 #[test]
