@@ -140,6 +140,34 @@ fn populate(port: u16) {
         "/apis/policy/v1/namespaces/default/poddisruptionbudgets",
         Some(&pdb),
     );
+    // The ReplicaSets the pods name as controller: under maxUnavailable the disruption
+    // controller takes the budget's scale from them (a missing one fails safe: no eviction).
+    let mut uids = std::collections::HashMap::new();
+    for (app, replicas) in [("db", 2), ("web", PODS - 2)] {
+        let rs = json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+            "metadata": {"name": app, "namespace": "default"},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": app}},
+                "template": {"metadata": {"labels": {"app": app}},
+                    "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}});
+        let (mut code, mut body) = api_patient(
+            port,
+            "POST",
+            "/apis/apps/v1/namespaces/default/replicasets",
+            Some(&rs),
+        );
+        if code == 409 {
+            let path = format!("/apis/apps/v1/namespaces/default/replicasets/{app}");
+            (code, body) = api_patient(port, "GET", &path, None);
+        }
+        assert!(code == 201 || code == 200, "{body}");
+        uids.insert(
+            app,
+            body["metadata"]["uid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+    }
     for i in 0..PODS {
         // Two pods share the budget (grace 2 s and 3 s): the second eviction gets 429 until
         // the first pod is gone. The rest have grace periods 0..5 s.
@@ -151,7 +179,7 @@ fn populate(port: u16) {
         let pod = json!({"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "namespace": "default", "labels": {"app": app},
                 "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": app,
-                    "uid": format!("rs-{app}"), "controller": true}]},
+                    "uid": uids[app], "controller": true}]},
             "spec": {"nodeName": NODE, "terminationGracePeriodSeconds": grace,
                 "containers": [{"name": "c", "image": "busybox"}]}});
         let (code, body) = api_patient(port, "POST", "/api/v1/namespaces/default/pods", Some(&pod));

@@ -87,6 +87,26 @@ impl Cluster {
             .1
     }
 
+    /// A one-replica ReplicaSet (no controller runs it) for a PDB to take its scale from,
+    /// as the disruption controller does under maxUnavailable; returns its uid.
+    fn create_replicaset(&self, name: &str, labels: &Value) -> String {
+        let rs = json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"replicas": 1, "selector": {"matchLabels": labels},
+                "template": {"metadata": {"labels": labels},
+                    "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}});
+        let (code, body) = self.api.admin(
+            "POST",
+            "/apis/apps/v1/namespaces/default/replicasets",
+            Some(&rs),
+        );
+        assert_eq!(code, 201, "{body}");
+        body["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
     fn create_pod(&self, name: &str, owner: Option<&str>, requests: bool, extra: Value) {
         let mut pod = json!({
             "apiVersion": "v1", "kind": "Pod",
@@ -99,8 +119,14 @@ impl Cluster {
                 json!({"requests": {"cpu": "50m", "memory": "64Mi"}});
         }
         if let Some(kind) = owner {
+            let owner = format!("{name}-owner");
+            let uid = if kind == "ReplicaSet" {
+                self.create_replicaset(&owner, &pod["metadata"]["labels"])
+            } else {
+                format!("owner-{name}")
+            };
             pod["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": kind,
-                "name": format!("{}-owner", name), "uid": format!("owner-{name}"), "controller": true}]);
+                "name": owner, "uid": uid, "controller": true}]);
         }
         merge(&mut pod, extra);
         let (code, body) = self

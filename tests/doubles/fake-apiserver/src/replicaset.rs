@@ -25,7 +25,7 @@ use crate::util::meta_str;
 use serde_json::{Value, json};
 use std::collections::HashSet;
 
-const RS: &str = "replicasets.apps";
+const RS: &str = resources::REPLICASETS;
 
 fn controller_uid(pod: &Value) -> Option<(&str, &str)> {
     pod.pointer("/metadata/ownerReferences")

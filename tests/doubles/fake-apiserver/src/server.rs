@@ -6,7 +6,7 @@ use crate::controllers::{Controllers, Settings as ControllerSettings};
 use crate::patch;
 use crate::resources::{self, LEASES, NAMESPACES, NODES, PDBS, PODS, ResourceDef};
 use crate::selectors::{FieldSelector, LabelSelector};
-use crate::store::{self, Event, EventType, State, is_terminating, pod_is_ready};
+use crate::store::{Event, EventType, State, is_terminating, pod_is_ready};
 use crate::table;
 use crate::util::{
     ApiError, details, meta_str, metadata_mut, now_rfc3339, parse_query, random_suffix, rfc3339,
@@ -896,8 +896,7 @@ pub fn create(
         obj["status"] = json!({"phase": "Active"});
     }
     if def.is(PDBS) {
-        let pods = st.list(PODS, Some(ns));
-        obj["status"] = store::pdb_status(&obj, &pods);
+        obj["status"] = st.pdb_status(&obj);
     }
     if def.is(LEASES) {
         validate_lease(def, &name, &obj)?;
@@ -1396,7 +1395,6 @@ fn evict(
         .unwrap_or("");
     // canIgnorePDB: terminal, Pending and terminating pods are deleted without a PDB check.
     if !matches!(phase, "Succeeded" | "Failed" | "Pending") && !is_terminating(&pod) {
-        let pods = st.list(PODS, Some(ns));
         let pdbs: Vec<&Value> = st
             .list(PDBS, Some(ns))
             .into_iter()
@@ -1408,14 +1406,22 @@ fn evict(
             ));
         }
         if let Some(pdb) = pdbs.first() {
-            let m = store::pdb_math(pdb, &pods);
+            // The eviction API reads the status the disruption controller wrote (kept
+            // current on every pod and PDB write), failSafe included.
+            let status = |f: &str| {
+                pdb.pointer(&format!("/status/{f}"))
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0)
+            };
+            let (current_healthy, desired_healthy) =
+                (status("currentHealthy"), status("desiredHealthy"));
             let unhealthy_ok = !pod_is_ready(&pod)
                 && (pdb
                     .pointer("/spec/unhealthyPodEvictionPolicy")
                     .and_then(Value::as_str)
                     == Some("AlwaysAllow")
-                    || (m.current_healthy >= m.desired_healthy && m.desired_healthy > 0));
-            if !unhealthy_ok && m.disruptions_allowed <= 0 {
+                    || (current_healthy >= desired_healthy && desired_healthy > 0));
+            if !unhealthy_ok && status("disruptionsAllowed") <= 0 {
                 return Err(ApiError::new(
                     429,
                     "TooManyRequests",
@@ -1425,7 +1431,7 @@ fn evict(
                     "reason": "DisruptionBudget",
                     "message": format!(
                         "The disruption budget {} needs {} healthy pods and has {} currently",
-                        meta_str(pdb, "name"), m.desired_healthy, m.current_healthy),
+                        meta_str(pdb, "name"), desired_healthy, current_healthy),
                 }]})));
             }
         }

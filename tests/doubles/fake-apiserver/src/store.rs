@@ -1,7 +1,7 @@
 //! In-memory object storage with a global resourceVersion, an event history for
 //! watches, and the live PodDisruptionBudget status computation.
 
-use crate::resources::{self, PDBS, PODS};
+use crate::resources::{self, DEPLOYMENTS, PDBS, PODS, REPLICASETS, STATEFULSETS};
 use crate::selectors::LabelSelector;
 use crate::util::{meta_str, metadata_mut, now_rfc3339};
 use serde_json::{Value, json};
@@ -239,14 +239,46 @@ impl State {
         }
     }
 
+    /// The status the disruption controller writes for `pdb` from its namespace's pods.
+    pub fn pdb_status(&self, pdb: &Value) -> Value {
+        let ns = meta_str(pdb, "namespace");
+        let pods = self.list(PODS, Some(ns));
+        pdb_status(pdb, &pods, &|cref| self.controller_scale(ns, cref))
+    }
+
+    /// The disruption controller's finders (`getPodReplicaSet`, `getPodDeployment`,
+    /// `getPodStatefulSet`, `getScaleController`) over the workloads this store holds:
+    /// the controller's uid and `.spec.replicas`; a ReplicaSet owned by a Deployment the
+    /// store holds counts as the Deployment. None: no such controller with that uid
+    /// (ReplicationControllers and custom scalable resources are not served).
+    pub fn controller_scale(&self, ns: &str, cref: &Value) -> Option<(String, i64)> {
+        let field = |f: &str| cref.get(f).and_then(Value::as_str).unwrap_or("");
+        let group = field("apiVersion").rsplit_once('/').map_or("", |(g, _)| g);
+        let storage = match (field("kind"), group) {
+            ("ReplicaSet", "apps" | "extensions") => REPLICASETS,
+            ("Deployment", "apps" | "extensions") => DEPLOYMENTS,
+            ("StatefulSet", "apps") => STATEFULSETS,
+            _ => return None,
+        };
+        let obj = self
+            .get(storage, ns, field("name"))
+            .filter(|o| meta_str(o, "uid") == field("uid"))?;
+        if storage == REPLICASETS
+            && let Some(owner) = controller_ref(obj)
+            && owner.get("kind").and_then(Value::as_str) == Some("Deployment")
+            && let Some(found) = self.controller_scale(ns, owner)
+        {
+            return Some(found);
+        }
+        Some((meta_str(obj, "uid").to_string(), replicas(obj)))
+    }
+
     /// Re-run the disruption controller for the PDBs of a namespace.
     pub fn recompute_pdbs(&mut self, ns: &str) {
         let pdbs: Vec<Value> = self.list(PDBS, Some(ns)).into_iter().cloned().collect();
         for pdb in pdbs {
-            let pods: Vec<&Value> = self.list(PODS, Some(ns));
-            let status = pdb_status(&pdb, &pods);
+            let mut status = self.pdb_status(&pdb);
             let mut new = pdb.clone();
-            let mut status = status;
             // Keep lastTransitionTime when the condition did not change.
             if let (Some(oc), Some(nc)) = (
                 pdb.pointer("/status/conditions/0"),
@@ -310,44 +342,114 @@ fn scaled(v: &Value, total: i64) -> Option<i64> {
 
 /// The disruption controller's numbers for one PDB.
 pub struct PdbMath {
+    /// `expectedPods`: the controllers' summed scale, or the pod count for an integer minAvailable.
     pub expected: i64,
+    /// `currentHealthy`: matching pods with Ready=True and no deletionTimestamp.
     pub current_healthy: i64,
+    /// `desiredHealthy`.
     pub desired_healthy: i64,
+    /// `disruptionsAllowed`: 0 unless expected > 0 and healthy exceeds desired.
     pub disruptions_allowed: i64,
 }
 
-/// Compute a PDB's expected, healthy and allowed counts from the namespace's pods.
-pub fn pdb_math(pdb: &Value, pods: &[&Value]) -> PdbMath {
+/// The controller (owner reference with `controller: true`) of an object.
+pub fn controller_ref(obj: &Value) -> Option<&Value> {
+    obj.pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)?
+        .iter()
+        .find(|o| o.get("controller").and_then(Value::as_bool) == Some(true))
+}
+
+/// `.spec.replicas`, defaulted to 1 as the API server defaults it.
+fn replicas(obj: &Value) -> i64 {
+    obj.pointer("/spec/replicas")
+        .and_then(Value::as_i64)
+        .unwrap_or(1)
+}
+
+/// `getExpectedScale`: the sum of the scale of the matching pods' controllers, each counted
+/// once. Pods without a controller are skipped (upstream: an `UnmanagedPods` event); a
+/// controller `scale_of` cannot find is an error (`found no controllers for pod`).
+fn expected_scale(
+    pods: &[&&Value],
+    scale_of: &dyn Fn(&Value) -> Option<(String, i64)>,
+) -> Result<i64, String> {
+    let mut seen: BTreeMap<String, i64> = BTreeMap::new();
+    for pod in pods {
+        let Some(cref) = controller_ref(pod) else {
+            continue;
+        };
+        let uid = cref.get("uid").and_then(Value::as_str).unwrap_or("");
+        if seen.contains_key(uid) {
+            continue;
+        }
+        let (uid, scale) = scale_of(cref)
+            .ok_or_else(|| format!("found no controllers for pod {:?}", meta_str(pod, "name")))?;
+        seen.insert(uid, scale);
+    }
+    Ok(seen.values().sum())
+}
+
+/// Compute a PDB's expected, healthy and allowed counts from the namespace's pods
+/// (`getExpectedPodCount`, `countHealthyPods`, `updatePdbStatus`); `scale_of` maps a
+/// controller reference to its uid and scale. Err: the controller's `failSafe` message.
+pub fn pdb_math(
+    pdb: &Value,
+    pods: &[&Value],
+    scale_of: &dyn Fn(&Value) -> Option<(String, i64)>,
+) -> Result<PdbMath, String> {
     let sel = LabelSelector::from_object(pdb.pointer("/spec/selector"));
     let matching: Vec<&&Value> = pods.iter().filter(|p| sel.matches(p)).collect();
-    let expected = matching.len() as i64;
     let current_healthy = matching
         .iter()
         .filter(|p| !is_terminating(p) && pod_is_ready(p))
         .count() as i64;
-    let desired_healthy =
-        if let Some(mu) = pdb.pointer("/spec/maxUnavailable").filter(|v| !v.is_null()) {
-            (expected - scaled(mu, expected).unwrap_or(0)).max(0)
-        } else if let Some(ma) = pdb.pointer("/spec/minAvailable").filter(|v| !v.is_null()) {
-            scaled(ma, expected).unwrap_or(0)
+    let spec = |f: &str| pdb.pointer(f).filter(|v| !v.is_null());
+    let (expected, desired_healthy) = if let Some(mu) = spec("/spec/maxUnavailable") {
+        let expected = expected_scale(&matching, scale_of)?;
+        let mu =
+            scaled(mu, expected).ok_or_else(|| format!("invalid value for IntOrString: {mu}"))?;
+        (expected, (expected - mu).max(0))
+    } else if let Some(ma) = spec("/spec/minAvailable") {
+        if let Some(n) = ma.as_i64() {
+            (matching.len() as i64, n)
         } else {
-            0
-        };
-    PdbMath {
+            let expected = expected_scale(&matching, scale_of)?;
+            let ma = scaled(ma, expected)
+                .ok_or_else(|| format!("invalid value for IntOrString: {ma}"))?;
+            (expected, ma)
+        }
+    } else {
+        (0, 0)
+    };
+    let allowed = current_healthy - desired_healthy;
+    Ok(PdbMath {
         expected,
         current_healthy,
         desired_healthy,
-        disruptions_allowed: (current_healthy - desired_healthy).max(0),
-    }
+        disruptions_allowed: if expected <= 0 || allowed <= 0 {
+            0
+        } else {
+            allowed
+        },
+    })
 }
 
-/// A PDB's `.status` as the disruption controller writes it.
-pub fn pdb_status(pdb: &Value, pods: &[&Value]) -> Value {
-    let m = pdb_math(pdb, pods);
+/// A PDB's `.status` as the disruption controller writes it: `updatePdbStatus`, or on an
+/// error `failSafe` (the old counts kept, disruptionsAllowed 0, reason `SyncFailed`).
+pub fn pdb_status(
+    pdb: &Value,
+    pods: &[&Value],
+    scale_of: &dyn Fn(&Value) -> Option<(String, i64)>,
+) -> Value {
     let generation = pdb
         .pointer("/metadata/generation")
         .cloned()
         .unwrap_or(json!(1));
+    let m = match pdb_math(pdb, pods, scale_of) {
+        Ok(m) => m,
+        Err(msg) => return fail_safe(pdb, &msg),
+    };
     let ok = m.disruptions_allowed > 0;
     json!({
         "observedGeneration": generation,
@@ -366,68 +468,151 @@ pub fn pdb_status(pdb: &Value, pods: &[&Value]) -> Value {
     })
 }
 
+/// `failSafe`: keep the last status, allow no disruption, say why.
+fn fail_safe(pdb: &Value, msg: &str) -> Value {
+    let mut status = pdb.get("status").cloned().unwrap_or_else(|| json!({}));
+    if !status.is_object() {
+        status = json!({});
+    }
+    for k in ["currentHealthy", "desiredHealthy", "expectedPods"] {
+        status
+            .as_object_mut()
+            .map(|o| o.entry(k).or_insert(json!(0)));
+    }
+    let observed = status
+        .get("observedGeneration")
+        .cloned()
+        .unwrap_or(json!(0));
+    status["disruptionsAllowed"] = json!(0);
+    status["conditions"] = json!([{
+        "type": "DisruptionAllowed",
+        "status": "False",
+        "reason": "SyncFailed",
+        "message": msg,
+        "observedGeneration": observed,
+        "lastTransitionTime": now_rfc3339(),
+    }]);
+    status
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn pod(name: &str, ready: bool, term: bool) -> Value {
+    /// A pod of app `a` owned by ReplicaSet `rs` (uid `rs-uid`) unless `owned` is false.
+    fn pod(name: &str, ready: bool, term: bool, owned: bool) -> Value {
         let mut p = json!({"metadata": {"name": name, "labels": {"app": "a"}},
             "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"}}]}});
         if term {
             p["metadata"]["deletionTimestamp"] = json!("2024-01-01T00:00:00Z");
         }
+        if owned {
+            p["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1",
+                "kind": "ReplicaSet", "name": "rs", "uid": "rs-uid", "controller": true}]);
+        }
         p
     }
 
-    #[test]
-    fn math_int_and_percent() {
-        let pods = [
-            pod("a", true, false),
-            pod("b", true, false),
-            pod("c", false, false),
-            pod("d", true, true),
-        ];
+    /// The ReplicaSet `rs` has `n` replicas; nothing else exists.
+    fn rs_of(n: i64) -> impl Fn(&Value) -> Option<(String, i64)> {
+        move |c: &Value| (c["uid"] == "rs-uid").then(|| ("rs-uid".to_string(), n))
+    }
+
+    fn nums(m: &PdbMath) -> (i64, i64, i64, i64) {
+        (
+            m.expected,
+            m.current_healthy,
+            m.desired_healthy,
+            m.disruptions_allowed,
+        )
+    }
+
+    fn math(budget: Value, pods: &[Value], rs: i64) -> Result<(i64, i64, i64, i64), String> {
         let refs: Vec<&Value> = pods.iter().collect();
-        let sel = json!({"matchLabels": {"app": "a"}});
-        let m = pdb_math(
-            &json!({"spec": {"selector": sel, "minAvailable": 1}}),
-            &refs,
+        let mut pdb = json!({"spec": budget});
+        pdb["spec"]["selector"] = json!({"matchLabels": {"app": "a"}});
+        pdb_math(&pdb, &refs, &rs_of(rs)).map(|m| nums(&m))
+    }
+
+    #[test]
+    fn integer_min_available_counts_pods_percent_and_max_unavailable_count_the_scale() {
+        // ReplicaSet of 5: two Ready, one unready, one Ready but terminating.
+        let pods = [
+            pod("a", true, false, true),
+            pod("b", true, false, true),
+            pod("c", false, false, true),
+            pod("d", true, true, true),
+        ];
+        assert_eq!(math(json!({"minAvailable": 1}), &pods, 5), Ok((4, 2, 1, 1)));
+        assert_eq!(
+            math(json!({"minAvailable": "50%"}), &pods, 5),
+            Ok((5, 2, 3, 0))
         );
         assert_eq!(
+            math(json!({"minAvailable": "30%"}), &pods, 5),
+            Ok((5, 2, 2, 0))
+        );
+        assert_eq!(
+            math(json!({"maxUnavailable": 1}), &pods, 5),
+            Ok((5, 2, 4, 0))
+        );
+        assert_eq!(
+            math(json!({"maxUnavailable": "50%"}), &pods, 5),
+            Ok((5, 2, 2, 0))
+        );
+        assert_eq!(
+            math(json!({"maxUnavailable": "100%"}), &pods, 5),
+            Ok((5, 2, 0, 2))
+        );
+        let none = pdb_math(&json!({"spec": {"minAvailable": 1}}), &[], &rs_of(5));
+        assert_eq!(none.map(|m| nums(&m)), Ok((0, 0, 1, 0)));
+    }
+
+    #[test]
+    fn unmanaged_pods_add_no_scale_and_zero_expected_allows_nothing() {
+        let pods = [pod("a", true, false, false), pod("b", true, false, false)];
+        assert_eq!(
+            math(json!({"maxUnavailable": 1}), &pods, 3),
+            Ok((0, 2, 0, 0))
+        );
+        assert_eq!(math(json!({"minAvailable": 1}), &pods, 3), Ok((2, 2, 1, 1)));
+        let mixed = [pod("a", true, false, true), pod("b", true, false, false)];
+        assert_eq!(
+            math(json!({"maxUnavailable": 1}), &mixed, 3),
+            Ok((3, 2, 2, 0))
+        );
+    }
+
+    #[test]
+    fn a_controller_that_cannot_be_found_fails_safe() {
+        let pods = [pod("a", true, false, true), pod("b", true, false, true)];
+        let refs: Vec<&Value> = pods.iter().collect();
+        let mut pdb = json!({"metadata": {"generation": 2},
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app": "a"}}},
+            "status": {"observedGeneration": 1, "disruptionsAllowed": 1, "currentHealthy": 2,
+                "desiredHealthy": 1, "expectedPods": 2}});
+        let err = pdb_math(&pdb, &refs, &|_| None).err();
+        assert_eq!(err.as_deref(), Some("found no controllers for pod \"a\""));
+        let st = pdb_status(&pdb, &refs, &|_| None);
+        assert_eq!(st["disruptionsAllowed"], 0);
+        assert_eq!(
+            (st["expectedPods"].clone(), st["observedGeneration"].clone()),
+            (json!(2), json!(1))
+        );
+        assert_eq!(st["conditions"][0]["reason"], "SyncFailed");
+        assert_eq!(
+            st["conditions"][0]["message"],
+            "found no controllers for pod \"a\""
+        );
+        // The integer minAvailable path never looks at controllers.
+        pdb["spec"] = json!({"minAvailable": 1, "selector": {"matchLabels": {"app": "a"}}});
+        let st = pdb_status(&pdb, &refs, &|_| None);
+        assert_eq!(
             (
-                m.expected,
-                m.current_healthy,
-                m.desired_healthy,
-                m.disruptions_allowed
+                st["disruptionsAllowed"].clone(),
+                st["conditions"][0]["reason"].clone()
             ),
-            (4, 2, 1, 1)
+            (json!(1), json!("SufficientPods"))
         );
-        let m = pdb_math(
-            &json!({"spec": {"selector": sel, "minAvailable": "50%"}}),
-            &refs,
-        );
-        assert_eq!((m.desired_healthy, m.disruptions_allowed), (2, 0));
-        let m = pdb_math(
-            &json!({"spec": {"selector": sel, "minAvailable": "30%"}}),
-            &refs,
-        );
-        assert_eq!(m.desired_healthy, 2); // ceil(1.2)
-        let m = pdb_math(
-            &json!({"spec": {"selector": sel, "maxUnavailable": 1}}),
-            &refs,
-        );
-        assert_eq!((m.desired_healthy, m.disruptions_allowed), (3, 0));
-        let m = pdb_math(
-            &json!({"spec": {"selector": sel, "maxUnavailable": "50%"}}),
-            &refs,
-        );
-        assert_eq!((m.desired_healthy, m.disruptions_allowed), (2, 0));
-        let m = pdb_math(
-            &json!({"spec": {"selector": sel, "maxUnavailable": "100%"}}),
-            &refs,
-        );
-        assert_eq!((m.desired_healthy, m.disruptions_allowed), (0, 2));
-        let m = pdb_math(&json!({"spec": {"minAvailable": 1}}), &refs);
-        assert_eq!(m.expected, 0);
     }
 }

@@ -560,6 +560,100 @@ fn eviction_404_200_429_and_success() {
     assert_eq!(c, 201);
 }
 
+/// A pod of `app` owned by the ReplicaSet `rs` (uid `<rs>-uid`).
+fn owned_pod(name: &str, app: &str, rs: &str) -> Value {
+    let mut p = pod("default", name, "n1", app);
+    p["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "name": rs, "uid": format!("{rs}-uid"), "controller": true}]);
+    p
+}
+
+#[test]
+fn pdb_counts_the_replicaset_scale_not_failed_pods_and_fails_safe_without_a_controller() {
+    let rs = json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "metadata": {"name": "web", "namespace": "default", "uid": "web-uid"},
+        "spec": {"replicas": 4, "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}});
+    let mut objs = vec![node("n1"), rs];
+    for i in 0..4 {
+        objs.push(owned_pod(&format!("web-{i}"), "web", "web"));
+    }
+    // Two Failed pods the ReplicaSet already replaced: still matched by the selector.
+    for i in 4..6 {
+        let mut p = owned_pod(&format!("web-{i}"), "web", "web");
+        p["status"] = json!({"phase": "Failed", "reason": "Evicted",
+            "conditions": [{"type": "Ready", "status": "False"}]});
+        objs.push(p);
+    }
+    objs.push(pdb("default", "web", "web", json!({"maxUnavailable": 1})));
+    // A pod whose controlling ReplicaSet does not exist.
+    objs.push(owned_pod("lost-0", "lost", "gone"));
+    objs.push(pdb("default", "lost", "lost", json!({"maxUnavailable": 1})));
+    let s = seeded(objs);
+    let status = |n: &str| {
+        let (_, v) = get(
+            &s,
+            &format!("/apis/policy/v1/namespaces/default/poddisruptionbudgets/{n}"),
+            ADMIN,
+        );
+        v["status"].clone()
+    };
+    let web = status("web");
+    assert_eq!(
+        [
+            &web["expectedPods"],
+            &web["currentHealthy"],
+            &web["desiredHealthy"],
+            &web["disruptionsAllowed"]
+        ],
+        [&json!(4), &json!(4), &json!(3), &json!(1)],
+        "{web}"
+    );
+    let ev = |n: &str| format!("/api/v1/namespaces/default/pods/{n}/eviction");
+    let (c, e) = post(
+        &s,
+        &ev("web-0"),
+        ADMIN,
+        &eviction("web-0", "default", "v1", None),
+    );
+    assert_eq!(c, 201, "{e}");
+    let web = status("web");
+    assert_eq!(
+        (
+            &web["expectedPods"],
+            &web["currentHealthy"],
+            &web["disruptionsAllowed"]
+        ),
+        (&json!(4), &json!(3), &json!(0))
+    );
+    let (c, _) = post(
+        &s,
+        &ev("web-1"),
+        ADMIN,
+        &eviction("web-1", "default", "v1", None),
+    );
+    assert_eq!(c, 429);
+    // failSafe: no disruption, reason SyncFailed, the error as the message.
+    let lost = status("lost");
+    assert_eq!(lost["disruptionsAllowed"], 0);
+    assert_eq!(
+        condition(&json!({"status": lost}), "DisruptionAllowed")["reason"],
+        "SyncFailed"
+    );
+    assert_eq!(
+        lost["conditions"][0]["message"],
+        "found no controllers for pod \"lost-0\""
+    );
+    let (c, _) = post(
+        &s,
+        &ev("lost-0"),
+        ADMIN,
+        &eviction("lost-0", "default", "v1", None),
+    );
+    assert_eq!(c, 429);
+}
+
 #[test]
 fn pdb_status_math_live() {
     let mut objs = vec![node("n1")];
@@ -594,9 +688,12 @@ fn pdb_status_math_live() {
         )
     };
     assert_eq!(st("int"), (5, 4, 2, 2));
-    assert_eq!(st("pct"), (5, 4, 3, 1)); // ceil(2.5)
-    assert_eq!(st("maxu"), (5, 4, 4, 0));
-    assert_eq!(st("maxpct"), (5, 4, 3, 1)); // 5 - ceil(1.25)
+    // Bare pods have no controller to take a scale from: a percentage or maxUnavailable
+    // expects 0 pods, and 0 expected pods allow no disruption (getExpectedScale,
+    // updatePdbStatus). The controller-scale cases: pdb_counts_the_replicaset_scale_*.
+    assert_eq!(st("pct"), (0, 4, 0, 0));
+    assert_eq!(st("maxu"), (0, 4, 0, 0));
+    assert_eq!(st("maxpct"), (0, 4, 0, 0));
     let (_, v) = get(
         &s,
         "/apis/policy/v1/namespaces/default/poddisruptionbudgets/int",
