@@ -96,10 +96,6 @@ fn ten_hosts_scale_up_sigkill_and_scale_down_keep_every_invariant() {
 }
 
 #[test]
-#[ignore = "fails on the current agent: the roll dips to N-2 schedulable nodes (healthz turns \
-            healthy before the agent uncordons its node) and an API outage at a task kill makes \
-            the agent fall back to zero allocatable for the whole window, killing PDB-guarded pods; \
-            see the fleet report. Run with --ignored once fixed."]
 fn ten_hosts_full_rehearsal_keeps_every_invariant() {
     let (code, stdout, stderr) = rehearse(10, "all", "0.1", Duration::from_secs(230));
     assert!(stdout.contains("scenario roll: "), "{stdout}");
