@@ -200,7 +200,10 @@ pub async fn run(
         }
         // Uncordon once: kubelet healthy, Ready=True, and the Lease renewed since this agent
         // started (so it is this kubelet's renewal, not one left from before the kill).
-        let renewed_since_start = reading.renewed.is_some_and(|t| t > started);
+        // A Lease the agent may not read (403, malformed) cannot hold the uncordon back: that
+        // would keep /healthz at 503 over a permissions problem a restart cannot fix.
+        let renewed_since_start = reading.renewed.is_some_and(|t| t > started)
+            || matches!(reading.lease, LeaseReading::Unknown);
         if uncordon_done
             || node_view.ready.is_err()
             || !renewed_since_start
@@ -211,22 +214,28 @@ pub async fn run(
         let Some(node) = reading.node_object else {
             continue;
         };
-        match drain::uncordon_if_ours(&c, &node).await {
+        let uncordoned =
+            tokio::time::timeout(Duration::from_secs(3), drain::uncordon_if_ours(&c, &node))
+                .await
+                .unwrap_or_else(|_| Err(ApiError::Unreachable("no answer within 3s".into())));
+        match uncordoned {
             Ok(Uncordon::Removed) => {
                 tracing::info!(node = %target.node, "uncordoned the node the agent had cordoned");
                 uncordon_done = true;
                 pending = false;
-                health.update(|s| {
-                    if let Some(api) = s.api.as_mut() {
-                        api.own_cordon = false;
-                    }
-                });
+                clear_own_cordon(&health);
             }
             Ok(Uncordon::OperatorCordonKept) => {
                 tracing::info!(node = %target.node, "node is cordoned by an operator; leaving it cordoned");
                 uncordon_done = true;
             }
             Ok(Uncordon::NotCordoned) => uncordon_done = true,
+            Err(e @ ApiError::Forbidden(_)) => {
+                // A restart cannot fix refused credentials: stop holding /healthz at 503.
+                tracing::error!(node = %target.node, error = %e, "the API refused the uncordon; the node stays cordoned until an operator uncordons it");
+                uncordon_done = true;
+                clear_own_cordon(&health);
+            }
             Err(e) => {
                 tracing::warn!(node = %target.node, error = %e, "cannot uncordon; will retry")
             }
@@ -291,6 +300,15 @@ async fn read(client: &Client, node: &str, metrics: &Metrics) -> Reading {
         }
     }
     reading
+}
+
+/// Stops holding `/healthz` at 503 for the agent's own cordon (lifted, or never liftable).
+fn clear_own_cordon(health: &SharedHealth) {
+    health.update(|s| {
+        if let Some(api) = s.api.as_mut() {
+            api.own_cordon = false;
+        }
+    });
 }
 
 fn record_away(health: &SharedHealth, metrics: &Metrics) {
