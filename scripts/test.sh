@@ -53,6 +53,11 @@ cargo fmt --all -- --check
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "cargo build --workspace"
+# The doubles' binaries (fake kubelet, emulators, fleet-rehearsal) that the agent's integration
+# tests run: cargo test builds a package's binaries only for that package's own tests.
+cargo build --workspace --locked
+
 step "cargo test --workspace"
 cargo test --workspace --locked
 

@@ -27,7 +27,7 @@ pub fn double(name: &str) -> PathBuf {
     let path = dir.join(name);
     assert!(
         path.exists(),
-        "{} is missing: run `cargo test --workspace` (it builds the test doubles)",
+        "{} is missing: run `cargo build --workspace` first (it builds the test doubles)",
         path.display()
     );
     path
