@@ -48,6 +48,17 @@ impl Cluster {
         )
     }
 
+    /// [`Cluster::launch`] on a free health port with the agent's metrics served on another;
+    /// returns the health port, the metrics port and the task.
+    fn launch_with_metrics(&self, env: &[(&str, &str)], grace: &str) -> (u16, u16, Emulator) {
+        let port = free_port();
+        let metrics_port = free_port();
+        let metrics = format!("127.0.0.1:{metrics_port}");
+        let mut all = vec![("KRW_METRICS_ADDR", metrics.as_str())];
+        all.extend_from_slice(env);
+        (port, metrics_port, self.launch(port, &all, grace))
+    }
+
     /// The pid of a pod's process as the kubelet double recorded it.
     fn pod_pid(&self, name: &str) -> Option<i32> {
         let st = self.scratch.kubelet_status()?;
@@ -415,18 +426,9 @@ fn node_allocatable_that_differs_from_the_lease_is_logged_and_exported() {
     let c = Cluster::new();
     // The kubelet double measures a host with more memory than the agent was shown.
     let other = Scratch::new(4, 16);
-    let port = free_port();
-    let metrics_port = free_port();
-    let metrics = format!("127.0.0.1:{metrics_port}");
     let host = other.host_root().display().to_string();
-    let mut emu = c.launch(
-        port,
-        &[
-            ("FAKE_KUBELET_HOST_ROOT", host.as_str()),
-            ("KRW_METRICS_ADDR", metrics.as_str()),
-        ],
-        "6",
-    );
+    let (_, metrics_port, mut emu) =
+        c.launch_with_metrics(&[("FAKE_KUBELET_HOST_ROOT", host.as_str())], "6");
     assert!(
         wait_until(Duration::from_secs(25), || http(
             "GET",
@@ -581,17 +583,8 @@ fn healthy_for_ten_emulated_minutes_with_one_status_post() {
     // start, then every 5 min), so the Ready heartbeat ends well past the old 60 s rule. The
     // agent's rule is not shortened: it reads the duration from the Lease, as for upstream's 40 s.
     let c = Cluster::new();
-    let port = free_port();
-    let metrics_port = free_port();
-    let metrics = format!("127.0.0.1:{metrics_port}");
-    let mut emu = c.launch(
-        port,
-        &[
-            ("KRW_METRICS_ADDR", metrics.as_str()),
-            ("FAKE_KUBELET_NODE_LEASE_DURATION_SECONDS", "4"),
-        ],
-        "6",
-    );
+    let (port, metrics_port, mut emu) =
+        c.launch_with_metrics(&[("FAKE_KUBELET_NODE_LEASE_DURATION_SECONDS", "4")], "6");
     emu.expect_healthy(Duration::from_secs(25));
     let until = std::time::Instant::now() + Duration::from_secs(75);
     while std::time::Instant::now() < until {
@@ -613,10 +606,7 @@ fn healthy_for_ten_emulated_minutes_with_one_status_post() {
 #[test]
 fn api_down_for_several_probe_intervals_stays_healthy_and_says_so() {
     let c = Cluster::new();
-    let port = free_port();
-    let metrics_port = free_port();
-    let metrics = format!("127.0.0.1:{metrics_port}");
-    let mut emu = c.launch(port, &[("KRW_METRICS_ADDR", metrics.as_str())], "6");
+    let (port, metrics_port, mut emu) = c.launch_with_metrics(&[], "6");
     emu.expect_healthy(Duration::from_secs(25));
     std::fs::write(&c.api.fault_file, "down").expect("fault");
     // Node checks every 0.5 s, probes every 0.3 s: 8 s is many of both.
@@ -644,17 +634,12 @@ fn api_down_for_several_probe_intervals_stays_healthy_and_says_so() {
 #[test]
 fn a_kubelet_that_stops_renewing_its_lease_while_the_api_answers_gets_503() {
     let c = Cluster::new();
-    let port = free_port();
-    let metrics_port = free_port();
-    let metrics = format!("127.0.0.1:{metrics_port}");
     let stuck = c.scratch.path("lease-stuck");
     let fault = format!("no-lease-while={}", stuck.display());
     // The double's Lease lasts 4 s (renewed every 1 s); the agent's rule reads the duration
     // from the Lease, as it does for upstream's 40 s.
-    let mut emu = c.launch(
-        port,
+    let (port, metrics_port, mut emu) = c.launch_with_metrics(
         &[
-            ("KRW_METRICS_ADDR", metrics.as_str()),
             ("FAKE_KUBELET_NODE_LEASE_DURATION_SECONDS", "4"),
             ("FAKE_KUBELET_FAULT", fault.as_str()),
         ],
@@ -697,17 +682,7 @@ fn a_kubelet_that_stops_renewing_its_lease_while_the_api_answers_gets_503() {
 #[test]
 fn a_guarded_pod_with_requests_survives_the_first_half_of_the_budget_then_is_forced() {
     let c = Cluster::new();
-    let port = free_port();
-    let metrics_port = free_port();
-    let metrics = format!("127.0.0.1:{metrics_port}");
-    let mut emu = c.launch(
-        port,
-        &[
-            ("KRW_DRAIN_TIMEOUT", "10"),
-            ("KRW_METRICS_ADDR", metrics.as_str()),
-        ],
-        "12",
-    );
+    let mut emu = c.launch(free_port(), &[("KRW_DRAIN_TIMEOUT", "10")], "12");
     emu.expect_healthy(Duration::from_secs(25));
     c.create_pod("guarded-0", Some("ReplicaSet"), true, json!({}));
     c.create_pdb("guarded", 0);
