@@ -308,8 +308,16 @@ fn sample_procs(shared: &Mutex<Shared>, hosts: &[Host]) {
             procs.iter().filter(|(_, c)| is_kubelet(c)).collect();
         if candidates.len() > 1 {
             // A pod process between kubelet's double fork and its exec still shows kubelet's
-            // command line: it is single-threaded and already reparented to init.
-            candidates.retain(|(pid, _)| !(ppid(*pid) == Some(1) && threads(*pid) == Some(1)));
+            // command line: it is single-threaded and either still a child of that kubelet
+            // (first fork) or already reparented to init (second fork). A second kubelet is
+            // started by an agent, never by a kubelet.
+            let pids: BTreeSet<i32> = candidates.iter().map(|(pid, _)| *pid).collect();
+            candidates.retain(|(pid, _)| {
+                let parent = ppid(*pid);
+                let forked_pod = threads(*pid) == Some(1)
+                    && (parent == Some(1) || parent.is_some_and(|p| pids.contains(&p)));
+                !forked_pod
+            });
         }
         let kubelets: Vec<String> = candidates
             .into_iter()
